@@ -1,0 +1,536 @@
+"""The user-facing scMEDAL model on AnnData: set up, train, latents, reconstructions, counterfactuals, save/load.
+
+Example
+-------
+>>> import scmedal_lite as sm
+>>> adata = sm.datasets.covid_pbmc()
+>>> sm.pp.prepare(adata, batch_key="sample_id")
+>>> model = sm.SCMEDAL(adata, batch_key="sample_id", labels_key="celltype_coarse")
+>>> model.train(seed=0)                                   # FE and RE, early stopping on the validation loss
+>>> adata.obsm["X_scMEDAL_FE"] = model.get_latent("fe")   # batch-invariant
+>>> adata.obsm["X_scMEDAL_RE"] = model.get_latent("re")   # batch-specific
+>>> cf = model.counterfactual(adata[:500], batch="B2_HGR0000110_T0")   # as if measured in that sample
+>>> model.save("runs/covid"); again = sm.SCMEDAL.load("runs/covid", adata)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+
+import anndata
+import keras
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+from scipy import sparse
+
+from . import __version__
+from .io import atomic_dir, atomic_write
+from .networks import AutoEncoder, FixedEffectsAE, RandomEffectsAE
+from .pp import SPLIT_KEY, apply_minmax, fit_minmax, invert_minmax
+from .presets import ARCHITECTURE, get_preset
+from .training import fit_network, seed_everything
+from .validate import InputError, as_int, check_adata, check_batches, check_choice, check_obs_key
+
+log = logging.getLogger(__name__)
+
+KINDS = ("fe", "re", "ae")
+UNSEEN_RULES = ("mean", "prior")
+CF_MODES = ("full", "decoder")
+SETUP_FILE = "setup.json"
+FORMAT_VERSION = 1
+
+
+class UnseenBatchWarning(UserWarning):
+    """Cells from batches the RE network never saw were encoded with the unseen-batch rule."""
+
+
+class SCMEDAL:
+    """scMEDAL: a fixed-effects (batch-invariant) and a random-effects (batch-specific) autoencoder.
+
+    Parameters
+    ----------
+    adata
+        Cells × genes, log-normalised (run :func:`scmedal_lite.pp.prepare` on counts first). Any of dense,
+        sparse or backed (``backed="r"``) AnnData. Never modified.
+    batch_key
+        ``obs`` column of the batch (the random-effect grouping: sample, donor, ...).
+    labels_key
+        Optional ``obs`` column of a biological label (cell type); needed for ``fec=True``.
+    layer
+        Layer holding log-normalised expression; ``None`` uses ``X``.
+    split_key
+        ``obs`` column with values train / val / test (see :func:`scmedal_lite.pp.split_cells` and
+        :func:`~scmedal_lite.pp.split_batches`). If the column is absent, a seeded 10 % of the cells is held
+        out for validation. Only training cells fit the scaling and the weights; only batches with training
+        cells are "known" to the RE network.
+    preset
+        ``"default"`` or one of the paper's ``"paper"``, ``"AML"``, ``"ASD"``, ``"HH"`` (:mod:`~scmedal_lite.presets`).
+    scaling
+        ``"global"``: the paper's single min–max over the training matrix; ``"gene"``: per-gene min–max.
+    fec
+        Add the paper's FEC cell-type head (Dense 2 → softmax) to the FE network.
+    quirks
+        ``"faithful"`` (default) keeps the authors' double SELU in the RE decoder and their inverted
+        posterior-scale initialisation; ``"clean"`` fixes both.
+    kl
+        ``"mc"`` (paper) or ``"exact"`` KL divergence in the random-effects layers.
+    seed
+        Seed of the validation hold-out and of the networks.
+    """
+
+    def __init__(self, adata: anndata.AnnData, batch_key: str, labels_key: str | None = None, *,
+                 layer: str | None = None, split_key: str = SPLIT_KEY, preset: str = "default",
+                 scaling: str = "global", fec: bool = False, quirks: str = "faithful", kl: str = "mc",
+                 seed: int = 0, **overrides):
+        check_adata(adata)
+        check_choice("scaling", scaling, ("global", "gene"))
+        check_choice("quirks", quirks, ("faithful", "clean"))
+        check_choice("kl", kl, ("mc", "exact"))
+        if layer is not None and layer not in adata.layers:
+            raise InputError(f"layer {layer!r} is not in adata.layers; layers are: {list(adata.layers)}.")
+        if labels_key is not None:
+            check_obs_key(adata, labels_key, role="labels_key")
+        if fec and labels_key is None:
+            raise InputError("fec=True needs labels_key (the cell-type column the FEC head predicts).")
+        check_batches(adata, batch_key)
+        settings = get_preset(preset)
+        unknown = set(overrides) - {"fe", "fec", "re", "schedule", "hidden", "latent_dim"}
+        if unknown:
+            raise InputError(f"Unknown settings {sorted(unknown)}; valid: fe, fec, re, schedule, hidden, latent_dim.")
+        for part in ("fe", "fec", "re", "schedule"):
+            settings[part].update(overrides.get(part, {}))
+        self.adata = adata
+        self.batch_key, self.labels_key, self.layer = batch_key, labels_key, layer
+        self.var_names = pd.Index(adata.var_names.astype(str))
+        self.seed = as_int("seed", seed, minimum=0)
+        self.config = {
+            "preset": preset, "scaling": scaling, "fec_head": bool(fec), "quirks": quirks, "kl": kl,
+            "hidden": list(overrides.get("hidden", ARCHITECTURE["hidden"])),
+            "latent_dim": int(overrides.get("latent_dim", ARCHITECTURE["latent_dim"])),
+            **{k: settings[k] for k in ("fe", "fec", "re", "schedule")},
+        }
+        self.train_mask, self.val_mask = self._split_masks(adata, split_key)
+        batches = adata.obs[batch_key].astype(str).to_numpy()
+        self.batch_categories = sorted(pd.unique(batches[self.train_mask]))
+        if len(self.batch_categories) < 2:
+            raise InputError(f"The training cells cover a single batch of {batch_key!r}; at least two are needed.")
+        self.label_categories = (sorted(pd.unique(adata.obs[labels_key].astype(str)))
+                                 if labels_key is not None else None)
+        self.scaling = fit_minmax(self._raw_matrix(adata)[self.train_mask], mode=scaling)
+        self.networks: dict[str, keras.Model] = {}
+        self.history: dict[str, pd.DataFrame] = {}
+        self.trained: dict[str, dict] = {}
+
+    # ------------------------------------------------------------------ setup helpers
+    def _split_masks(self, adata, split_key):
+        if split_key in adata.obs.columns:
+            split = adata.obs[split_key].astype(str).to_numpy()
+            bad = sorted(set(split) - {"train", "val", "test"})
+            if bad:
+                raise InputError(f"obs[{split_key!r}] must hold train / val / test, found {bad}.")
+            train, val = split == "train", split == "val"
+            if not train.any():
+                raise InputError(f"obs[{split_key!r}] has no 'train' cells.")
+            if not val.any():
+                raise InputError(f"obs[{split_key!r}] has no 'val' cells; early stopping needs validation cells.")
+            return train, val
+        rng = np.random.default_rng(self.seed)
+        val = rng.random(adata.n_obs) < 0.1
+        return ~val, val
+
+    def _raw_matrix(self, adata):
+        X = adata.layers[self.layer] if self.layer is not None else adata.X
+        if not (isinstance(X, np.ndarray) or sparse.issparse(X)):   # backed: read it in
+            X = X[:]
+        return X
+
+    def _align_genes(self, adata):
+        names = pd.Index(adata.var_names.astype(str))
+        if names.equals(self.var_names):
+            return adata
+        missing = self.var_names.difference(names)
+        if len(missing):
+            raise InputError(f"{len(missing)} of the model's {len(self.var_names)} genes are missing from this "
+                             f"AnnData, e.g. {list(missing[:10])}. Use the same genes the model was set up "
+                             "with (same preprocessing and HVG selection).")
+        return adata[:, self.var_names.tolist()]
+
+    def scale(self, adata=None) -> np.ndarray:
+        """The min–max-scaled input the networks see (cells × model genes), dense float32."""
+        adata = self._align_genes(self.adata if adata is None else adata)
+        return apply_minmax(self._raw_matrix(adata), self.scaling)
+
+    def design(self, batches, *, unseen: str = "mean") -> np.ndarray:
+        """One-hot batch design ``z`` for the RE network; batches it never saw follow the unseen rule.
+
+        ``unseen="mean"`` uses the average of the known batches' random effects (``z = 1/K``);
+        ``"prior"`` uses the prior mean, i.e. no random effect (``z = 0``). Emits :class:`UnseenBatchWarning`.
+        """
+        check_choice("unseen", unseen, UNSEEN_RULES)
+        batches = np.asarray(batches, dtype=str)
+        index = pd.Index(self.batch_categories).get_indexer(batches)
+        K = len(self.batch_categories)
+        z = np.zeros((len(batches), K), dtype="float32")
+        known = index >= 0
+        z[np.flatnonzero(known), index[known]] = 1.0
+        if not known.all():
+            new = sorted(set(batches[~known]))
+            warnings.warn(f"{(~known).sum()} cells come from {len(new)} batches the model never saw "
+                          f"({new[:5]}{'...' if len(new) > 5 else ''}); their random effects use the "
+                          f"'{unseen}' rule.", UnseenBatchWarning, stacklevel=3)
+            if unseen == "mean":
+                z[~known] = 1.0 / K
+        return z
+
+    def _labels_onehot(self, adata):
+        labels = adata.obs[self.labels_key].astype(str).to_numpy()
+        index = pd.Index(self.label_categories).get_indexer(labels)
+        y = np.zeros((len(labels), len(self.label_categories)), dtype="float32")
+        y[np.flatnonzero(index >= 0), index[index >= 0]] = 1.0
+        return y
+
+    # ------------------------------------------------------------------ networks
+    def _build(self, kind: str) -> keras.Model:
+        cfg, G, K = self.config, len(self.var_names), len(self.batch_categories)
+        arch = dict(hidden=tuple(cfg["hidden"]), latent_dim=cfg["latent_dim"])
+        if kind == "fe":
+            n_labels = len(self.label_categories) if cfg["fec_head"] else None
+            weights = cfg["fec"] if cfg["fec_head"] else cfg["fe"]
+            net = FixedEffectsAE(G, K, n_labels=n_labels, name="scmedal_fe", **arch, **weights)
+        elif kind == "re":
+            re_kwargs = {"prior_scale": ARCHITECTURE["prior_scale"], "kl_weight": ARCHITECTURE["kl_weight"],
+                         "post_loc_init_scale": ARCHITECTURE["post_loc_init_scale"], "kl": cfg["kl"],
+                         "scale_init": cfg["quirks"]}
+            net = RandomEffectsAE(G, K, double_selu=cfg["quirks"] == "faithful", seed=self.seed,
+                                  re_kwargs=re_kwargs, name="scmedal_re", **arch, **cfg["re"])
+        else:
+            net = AutoEncoder(G, name="autoencoder", **arch)
+        net.build()
+        return net
+
+    def _inputs(self, kind, adata, mask, unseen="mean"):
+        sub = adata[mask] if mask is not None else adata
+        x = self.scale(sub)
+        if kind == "ae":
+            return (x,)
+        z = self.design(sub.obs[self.batch_key].astype(str).to_numpy(), unseen=unseen)
+        if kind == "fe" and self.config["fec_head"]:
+            return (x, z, self._labels_onehot(sub))
+        return (x, z)
+
+    # ------------------------------------------------------------------ training
+    def epochs_for(self, n_train: int, batch_size: int) -> int:
+        """The default epoch budget: ``max_steps`` optimisation steps, at least ``min_epochs``, at most 1000.
+
+        A fixed epoch count gives small data sets almost no steps; a step budget suits every size.
+        """
+        sched = self.config["schedule"]
+        if sched.get("max_epochs"):
+            return int(sched["max_epochs"])
+        steps_per_epoch = max(1, math.ceil(n_train / batch_size))
+        return int(min(1000, max(sched["min_epochs"], math.ceil(sched["max_steps"] / steps_per_epoch))))
+
+    def train(self, max_epochs: int | None = None, *, which: Sequence[str] = ("fe", "re"),
+              early_stopping: bool = True, faithful: bool = False, patience: int | None = None,
+              batch_size: int | None = None, learning_rate: float | None = None, seed: int | None = None,
+              progress: bool = True, checkpoint_dir: str | None = None) -> "SCMEDAL":
+        """Train the networks named in ``which`` (``"fe"``, ``"re"``, ``"ae"``; default FE then RE).
+
+        Early stopping watches ``val_loss``, the total validation loss each network really logs, and restores
+        the best weights. ``faithful=True`` reproduces the authors' code instead: FE and RE train all
+        ``max_epochs`` and keep the final weights (their early stopping watched a metric that did not exist).
+        ``max_epochs=None`` takes the preset's budget (see :meth:`epochs_for`). With ``checkpoint_dir`` the
+        state is saved after every epoch and an interrupted call resumes from it. Returns ``self``.
+        """
+        sched = self.config["schedule"]
+        batch_size = as_int("batch_size", batch_size or sched["batch_size"], minimum=1)
+        lr = float(learning_rate or sched["learning_rate"])
+        patience = as_int("patience", patience if patience is not None else sched["patience"], minimum=1)
+        seed = self.seed if seed is None else as_int("seed", seed, minimum=0)
+        n_train = int(self.train_mask.sum())
+        epochs = as_int("max_epochs", max_epochs if max_epochs is not None else self.epochs_for(n_train, batch_size),
+                        minimum=1)
+        for kind in which:
+            check_choice("which", kind, KINDS)
+        for kind in which:
+            self._train_one(kind, epochs, batch_size, lr, patience, seed,
+                            early_stopping and not (faithful and kind in ("fe", "re")), progress, checkpoint_dir)
+        return self
+
+    def train_fe(self, max_epochs=None, **kwargs):
+        """Train the fixed-effects network only (see :meth:`train`)."""
+        return self.train(max_epochs, which=("fe",), **kwargs)
+
+    def train_re(self, max_epochs=None, **kwargs):
+        """Train the random-effects network only (see :meth:`train`)."""
+        return self.train(max_epochs, which=("re",), **kwargs)
+
+    def _train_one(self, kind, epochs, batch_size, lr, patience, seed, early_stopping, progress, checkpoint_dir):
+        seed_everything(seed)
+        net = self._build(kind)
+        if kind == "fe":
+            net.compile(optimizer=keras.optimizers.Adam(lr), adv_optimizer=keras.optimizers.Adam(lr))
+        else:
+            net.compile(optimizer=keras.optimizers.Adam(lr))
+        train = self._inputs(kind, self.adata, self.train_mask)
+        val = self._inputs(kind, self.adata, self.val_mask)
+        folder = os.path.join(checkpoint_dir, kind) if checkpoint_dir else None
+        start = time.perf_counter()
+        history, best = fit_network(net, train, val, epochs=epochs, batch_size=batch_size, seed=seed,
+                                    early_stopping=early_stopping, patience=patience, progress=progress,
+                                    label=kind.upper(), checkpoint_dir=folder)
+        elapsed = time.perf_counter() - start
+        self.networks[kind], self.history[kind] = net, history
+        self.trained[kind] = {"epochs_run": int(history.index[-1]), "best_epoch": best, "seconds": elapsed,
+                              "max_epochs": epochs, "batch_size": batch_size, "learning_rate": lr,
+                              "early_stopping": early_stopping, "patience": patience, "seed": seed}
+        log.info("%s: %d epochs in %.1f s (best epoch %d)", kind, len(history), elapsed, best)
+
+    # ------------------------------------------------------------------ outputs
+    def _net(self, kind):
+        check_choice("kind", kind, KINDS)
+        if kind not in self.networks:
+            raise InputError(f"The {kind.upper()} network is not trained yet; call model.train(which=[{kind!r}]).")
+        return self.networks[kind]
+
+    def _chunks(self, adata, chunk_size):
+        adata = self._align_genes(adata)
+        for start in range(0, adata.n_obs, chunk_size):
+            sub = adata[start:start + chunk_size]
+            yield sub, apply_minmax(self._raw_matrix(sub), self.scaling)
+
+    def _predict(self, fn, adata, chunk_size, needs_z=False, unseen="mean", z_override=None):
+        adata = self.adata if adata is None else adata
+        out = []
+        for sub, x in self._chunks(adata, chunk_size):
+            if needs_z:
+                z = z_override if z_override is not None else \
+                    self.design(sub.obs[self.batch_key].astype(str).to_numpy(), unseen=unseen)
+                if z.shape[0] != x.shape[0]:
+                    z = np.broadcast_to(z[:1], (x.shape[0], z.shape[1]))
+                out.append(np.asarray(fn(x, z)))
+            else:
+                out.append(np.asarray(fn(x)))
+        return np.concatenate(out, axis=0) if out else np.zeros((0, 0), "float32")
+
+    def get_latent(self, kind: str = "fe", adata: anndata.AnnData | None = None, *, unseen: str = "mean",
+                   chunk_size: int = 8192) -> np.ndarray:
+        """Latent coordinates (cells × latent_dim) of ``adata`` (default: the setup data).
+
+        ``"fe"``: batch-invariant; ``"re"``: batch-specific, computed with each cell's own batch (posterior
+        means, BatchNorm moving averages); cells of batches the model never saw follow ``unseen``.
+        """
+        net = self._net(kind)
+        if kind == "re":
+            return self._predict(lambda x, z: net.encode(x, z, training=False), adata, chunk_size, True, unseen)
+        return self._predict(lambda x: net.encode(x, training=False), adata, chunk_size)
+
+    def get_reconstruction(self, adata: anndata.AnnData | None = None, kind: str = "fe", *, scaled: bool = False,
+                           unseen: str = "mean", chunk_size: int = 8192) -> np.ndarray:
+        """Reconstructed expression (cells × genes) in log-normalised units, or in the scaled units with
+        ``scaled=True``. RE reconstructions use each cell's own batch."""
+        net = self._net(kind)
+        if kind == "re":
+            recon = self._predict(lambda x, z: net((x, z), training=False), adata, chunk_size, True, unseen)
+        else:
+            recon = self._predict(lambda x: net(x, training=False), adata, chunk_size)
+        return recon if scaled else invert_minmax(recon, self.scaling)
+
+    def _counterfactual_fn(self, mode):
+        net = self._net("re")
+        if mode == "full":
+            return lambda x, z_true, z_b: net.decode(net.encode(x, z_b), z_b)
+        return lambda x, z_true, z_b: net.decode(net.encode(x, z_true), z_b)
+
+    def iter_counterfactuals(self, adata: anndata.AnnData, batches: Sequence[str] | None = None, *,
+                             mode: str = "full", scaled: bool = False, chunk_size: int = 4096,
+                             progress: bool = False) -> Iterator[tuple[str, slice, np.ndarray]]:
+        """Yield ``(target_batch, cell_slice, values)`` chunks of counterfactual expression.
+
+        Memory is bounded by ``chunk_size × genes`` whatever the number of cells × batches. ``mode="full"``
+        swaps the batch in encoder and decoder (the authors'); ``"decoder"`` keeps the cell's own latent and
+        swaps the batch in the decoder only.
+        """
+        check_choice("mode", mode, CF_MODES)
+        batches = list(self.batch_categories if batches is None else
+                       ([batches] if isinstance(batches, str) else batches))
+        unknown = [b for b in batches if b not in self.batch_categories]
+        if unknown:
+            raise InputError(f"Target batches {unknown[:5]} are unknown to the model; counterfactuals are only "
+                             f"defined for the {len(self.batch_categories)} training batches "
+                             f"(model.batch_categories).")
+        fn = self._counterfactual_fn(mode)
+        K = len(self.batch_categories)
+        adata = self._align_genes(adata)
+        bar = _maybe_tqdm(progress, total=len(batches) * adata.n_obs, desc="counterfactuals", unit="cell")
+        for start in range(0, adata.n_obs, chunk_size):
+            sub = adata[start:start + chunk_size]
+            x = apply_minmax(self._raw_matrix(sub), self.scaling)
+            z_true = self.design(sub.obs[self.batch_key].astype(str).to_numpy()) if mode == "decoder" else None
+            for b in batches:
+                z_b = np.zeros((x.shape[0], K), "float32")
+                z_b[:, self.batch_categories.index(b)] = 1.0
+                values = np.asarray(fn(x, z_true, z_b))
+                yield b, slice(start, start + x.shape[0]), values if scaled else invert_minmax(values, self.scaling)
+                if bar is not None:
+                    bar.update(x.shape[0])
+        if bar is not None:
+            bar.close()
+
+    def counterfactual(self, adata: anndata.AnnData, batch: str | Sequence[str], *, mode: str = "full",
+                       scaled: bool = False, chunk_size: int = 4096) -> anndata.AnnData:
+        """Expression of ``adata``'s cells as if measured in ``batch`` (an AnnData with the same genes).
+
+        ``X`` is in log-normalised units (``scaled=True``: the networks' min–max units). ``obs`` keeps the
+        cells' annotations and adds ``target_batch``. Several batches stack their results (cells × batches
+        rows, ``obs_names`` suffixed ``-<batch>``); for many cells × batches prefer
+        :meth:`iter_counterfactuals` or :meth:`write_counterfactuals`, whose memory stays bounded.
+        """
+        batches = [batch] if isinstance(batch, str) else list(batch)
+        adata = self._align_genes(adata)
+        blocks = {b: np.empty((adata.n_obs, len(self.var_names)), "float32") for b in batches}
+        for b, cells, values in self.iter_counterfactuals(adata, batches, mode=mode, scaled=scaled,
+                                                          chunk_size=chunk_size):
+            blocks[b][cells] = values
+        parts = []
+        for b in batches:
+            obs = adata.obs.copy()
+            obs["target_batch"] = b
+            if len(batches) > 1:
+                obs.index = [f"{i}-{b}" for i in obs.index]
+            parts.append(anndata.AnnData(blocks[b], obs=obs, var=pd.DataFrame(index=self.var_names)))
+        out = parts[0] if len(parts) == 1 else anndata.concat(parts, merge="same")
+        out.obs["target_batch"] = pd.Categorical(out.obs["target_batch"], categories=batches)
+        out.uns["scmedal_counterfactual"] = {"mode": mode, "scaled": bool(scaled), "batch_key": self.batch_key}
+        return out
+
+    def write_counterfactuals(self, path: str, adata: anndata.AnnData, batches: Sequence[str] | None = None, *,
+                              mode: str = "full", scaled: bool = False, chunk_size: int = 4096,
+                              progress: bool = True) -> str:
+        """Stream counterfactuals to an HDF5 file: dataset ``counterfactuals`` (batches × cells × genes) plus
+        ``batches``, ``cells`` and ``genes``. Written whole or not at all (temporary name, then renamed)."""
+        import h5py
+
+        adata = self._align_genes(adata)
+        batches = list(self.batch_categories if batches is None else batches)
+        with atomic_write(path) as tmp:
+            with h5py.File(tmp, "w") as f:
+                dset = f.create_dataset("counterfactuals", (len(batches), adata.n_obs, len(self.var_names)),
+                                        dtype="float32",
+                                        chunks=(1, min(adata.n_obs, 1024), len(self.var_names)))
+                f["batches"] = np.asarray(batches, dtype="S")
+                f["cells"] = np.asarray(adata.obs_names, dtype="S")
+                f["genes"] = np.asarray(self.var_names, dtype="S")
+                f.attrs.update(mode=mode, scaled=scaled)
+                for b, cells, values in self.iter_counterfactuals(adata, batches, mode=mode, scaled=scaled,
+                                                                  chunk_size=chunk_size, progress=progress):
+                    dset[batches.index(b), cells] = values
+        return path
+
+    # ------------------------------------------------------------------ random effects
+    def random_effects(self) -> pd.DataFrame:
+        """Posterior means and s.d. of every random-effect layer, summarised per batch (tidy table).
+
+        Columns: ``layer`` (e.g. ``encoder/csb_0/gamma``), ``batch``, ``mean_abs`` (mean |posterior mean| over
+        units), ``mean_sd`` (mean posterior s.d.).
+        """
+        net = self._net("re")
+        rows = []
+        for part in (net.encoder, net.decoder):
+            for csb in part.csb:
+                for name, re_layer in (("gamma", csb.gamma), ("beta", csb.beta)):
+                    loc = keras.ops.convert_to_numpy(re_layer.loc)
+                    sd = keras.ops.convert_to_numpy(re_layer.posterior_scale())
+                    for k, b in enumerate(self.batch_categories):
+                        rows.append({"layer": f"{part.name}/{csb.name}/{name}", "batch": b,
+                                     "mean_abs": float(np.abs(loc[k]).mean()), "mean_sd": float(sd[k].mean())})
+        return pd.DataFrame(rows)
+
+    # ------------------------------------------------------------------ save / load
+    def _setup(self) -> dict:
+        return {"format_version": FORMAT_VERSION, "scmedal_lite_version": __version__,
+                "keras_version": keras.__version__, "tensorflow_version": tf.__version__,
+                "batch_key": self.batch_key, "labels_key": self.labels_key, "layer": self.layer,
+                "genes": self.var_names.tolist(), "batch_categories": self.batch_categories,
+                "label_categories": self.label_categories, "scaling": self.scaling, "config": self.config,
+                "seed": self.seed, "trained": self.trained}
+
+    def save(self, path: str, *, overwrite: bool = False) -> str:
+        """Save to a directory: ``<kind>.weights.h5`` per trained network, ``setup.json`` (genes, batches,
+        scaling, hyperparameters, versions) and ``history_<kind>.csv``. No pickle. Written whole or not at all."""
+        if not self.networks:
+            raise InputError("Nothing to save: train the model first.")
+        with atomic_dir(path, overwrite=overwrite) as tmp:
+            for kind, net in self.networks.items():
+                net.save_weights(os.path.join(tmp, f"{kind}.weights.h5"))
+                self.history[kind].to_csv(os.path.join(tmp, f"history_{kind}.csv"))
+            with open(os.path.join(tmp, SETUP_FILE), "w") as f:
+                json.dump(self._setup(), f, indent=1)
+        return path
+
+    @classmethod
+    def load(cls, path: str, adata: anndata.AnnData | None = None) -> "SCMEDAL":
+        """Load a model saved with :meth:`save`. With ``adata``, checks that its genes match the model's.
+
+        Without ``adata`` the model can still apply itself to any AnnData with the right genes.
+        """
+        setup_path = os.path.join(path, SETUP_FILE)
+        if not os.path.isdir(path):
+            raise InputError(f"No saved model at {path!r} (not a directory).")
+        if not os.path.exists(setup_path):
+            raise InputError(f"{path!r} is not a complete saved model: {SETUP_FILE} is missing. "
+                             "Was the save interrupted? Save the model again.")
+        try:
+            with open(setup_path) as f:
+                setup = json.load(f)
+        except json.JSONDecodeError as err:
+            raise InputError(f"{setup_path} is corrupt ({err}); save the model again.") from None
+        if setup.get("format_version") != FORMAT_VERSION:
+            raise InputError(f"{path!r} was saved in format {setup.get('format_version')!r} by scmedal_lite "
+                             f"{setup.get('scmedal_lite_version')!r}; this version ({__version__}) reads format "
+                             f"{FORMAT_VERSION}. Retrain, or install the version that saved it.")
+        self = cls.__new__(cls)
+        self.batch_key, self.labels_key, self.layer = setup["batch_key"], setup["labels_key"], setup["layer"]
+        self.var_names = pd.Index(setup["genes"])
+        self.batch_categories, self.label_categories = setup["batch_categories"], setup["label_categories"]
+        self.scaling, self.config, self.seed = setup["scaling"], setup["config"], setup["seed"]
+        self.trained = setup["trained"]
+        self.adata = None
+        if adata is not None:
+            check_adata(adata)
+            self._align_genes(adata)       # raises if genes are missing
+            self.adata = adata
+        self.networks, self.history = {}, {}
+        for kind in setup["trained"]:
+            weights = os.path.join(path, f"{kind}.weights.h5")
+            if not os.path.exists(weights):
+                raise InputError(f"{path!r} is incomplete: {kind}.weights.h5 is missing. Save the model again.")
+            net = self._build(kind)
+            try:
+                net.load_weights(weights)
+            except Exception as err:
+                raise InputError(f"Could not load {weights} ({type(err).__name__}: {err}); the file is corrupt or "
+                                 "from an incompatible architecture. Save the model again.") from None
+            self.networks[kind] = net
+            hist = os.path.join(path, f"history_{kind}.csv")
+            self.history[kind] = pd.read_csv(hist, index_col=0) if os.path.exists(hist) else pd.DataFrame()
+        return self
+
+    def __repr__(self):
+        trained = ", ".join(f"{k}: {v['epochs_run']} epochs" for k, v in self.trained.items()) or "untrained"
+        return (f"SCMEDAL({len(self.var_names)} genes, {len(self.batch_categories)} batches of "
+                f"{self.batch_key!r}, preset {self.config['preset']!r}; {trained})")
+
+
+def _maybe_tqdm(enabled, **kwargs):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+    return tqdm(**kwargs)

@@ -1,0 +1,374 @@
+"""The Keras networks of scMEDAL: a plain autoencoder, the fixed-effects (FE) adversarial autoencoder and the
+random-effects (RE) Bayesian autoencoder.
+
+These are low-level building blocks; most users want :class:`scmedal_lite.SCMEDAL`, which prepares the data,
+trains these networks and returns AnnData. Layer code uses ``keras.ops``; the custom training steps use
+TensorFlow's ``GradientTape`` (the project's backend).
+
+Example
+-------
+>>> import numpy as np
+>>> net = FixedEffectsAE(n_genes=20, n_batches=3, hidden=(16, 8), latent_dim=4)
+>>> x = np.random.rand(10, 20).astype("float32"); z = np.eye(3, dtype="float32")[np.arange(10) % 3]
+>>> net.encode(x).shape
+(10, 4)
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+from keras import layers, ops
+
+from .layers import ClusterScaleBias, TiedDenseTranspose
+
+_cce = keras.losses.CategoricalCrossentropy()
+
+
+def _mse(x, x_hat):
+    return ops.mean(ops.square(x - x_hat))
+
+
+def _mean_of(losses):
+    return ops.mean(ops.stack(losses)) if losses else 0.0
+
+
+class Encoder(layers.Layer):
+    """Dense → BatchNorm → SELU blocks, then a SELU latent layer. Returns every block's activation."""
+
+    def __init__(self, hidden=(512, 132), latent_dim=50, batch_norm=True, **kwargs):
+        super().__init__(**kwargs)
+        self.dense = [layers.Dense(u, name=f"dense_{i}") for i, u in enumerate(hidden)]
+        self.norms = [layers.BatchNormalization(name=f"bn_{i}") if batch_norm else None
+                      for i in range(len(hidden))]
+        self.latent = layers.Dense(latent_dim, activation="selu", name="latent")
+
+    def build(self, input_shape):
+        width = input_shape[-1]
+        for dense, norm in zip(self.dense, self.norms):
+            dense.build((None, width))
+            width = dense.units
+            if norm is not None:
+                norm.build((None, width))
+        self.latent.build((None, width))
+
+    def call(self, x, training=False):
+        acts = []
+        for dense, norm in zip(self.dense, self.norms):
+            x = dense(x)
+            if norm is not None:
+                x = norm(x, training=training)
+            x = ops.selu(x)
+            acts.append(x)
+        acts.append(self.latent(x))
+        return acts
+
+
+class TiedDecoder(layers.Layer):
+    """Mirror of an :class:`Encoder` that reuses its transposed kernels (SELU hidden, linear output)."""
+
+    def __init__(self, encoder: Encoder, n_genes: int, **kwargs):
+        super().__init__(**kwargs)
+        sources = [encoder.latent, *reversed(encoder.dense)]
+        widths = [d.units for d in reversed(encoder.dense)] + [n_genes]
+        acts = ["selu"] * (len(sources) - 1) + [None]
+        self.blocks = [TiedDenseTranspose(src, units, activation=act, name=f"tied_{i}")
+                       for i, (src, units, act) in enumerate(zip(sources, widths, acts))]
+
+    def build(self, input_shape):
+        for block in self.blocks:
+            block.build(None)
+
+    def call(self, h):
+        for block in self.blocks:
+            h = block(h)
+        return h
+
+
+def _mlp_head(units, n_out, activation, name):
+    return keras.Sequential(
+        [layers.Dense(u, activation=activation) for u in units] + [layers.Dense(n_out, activation="softmax")],
+        name=name)
+
+
+class _TrackedModel(keras.Model):
+    """Base with named ``Mean`` trackers; subclasses list their loss names in ``loss_names``."""
+
+    loss_names: tuple[str, ...] = ("loss",)
+
+    def _init_trackers(self):
+        self.trackers = {n: keras.metrics.Mean(name=n) for n in self.loss_names}
+
+    @property
+    def metrics(self):
+        return list(self.trackers.values())
+
+    def _record(self, inputs, values):
+        """Accumulate this batch's values, weighted by its number of cells; return the running means."""
+        n = ops.cast(ops.shape(inputs[0])[0], "float32")
+        for name, value in values.items():
+            self.trackers[name].update_state(value, sample_weight=n)
+        return {n: t.result() for n, t in self.trackers.items()}
+
+
+class AutoEncoder(_TrackedModel):
+    """Baseline autoencoder: BN-SELU encoder 512-132-50, tied decoder, linear output, MSE loss.
+
+    With ``n_labels`` it becomes the paper's AEC: a latent classifier Dense(2, ReLU) → softmax, loss
+    ``w_recon·MSE + w_class·CE``. Inputs are ``(x,)`` or ``(x, y_onehot)``.
+    """
+
+    loss_names = ("loss", "recon_loss")
+
+    def __init__(self, n_genes, hidden=(512, 132), latent_dim=50, n_labels=None, w_recon=1.0, w_class=0.1,
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.encoder = Encoder(hidden, latent_dim, name="encoder")
+        self.decoder = TiedDecoder(self.encoder, n_genes, name="decoder")
+        self.n_genes, self.w_recon, self.w_class = n_genes, w_recon, w_class
+        self.classifier = _mlp_head((2,), n_labels, "relu", "classifier") if n_labels else None
+        if self.classifier is not None:
+            self.loss_names = self.loss_names + ("class_loss",)
+        self._init_trackers()
+
+    def build(self, input_shape=None):
+        self.encoder.build((None, self.n_genes))
+        self.decoder.build((None, self.encoder.latent.units))
+        if self.classifier is not None:
+            self.classifier.build((None, self.encoder.latent.units))
+        self.built = True
+
+    def encode(self, x, training=False):
+        return self.encoder(x, training=training)[-1]
+
+    def call(self, inputs, training=False):
+        x = inputs[0] if isinstance(inputs, (tuple, list)) else inputs
+        return self.decoder(self.encode(x, training))
+
+    def loss_terms(self, inputs, training):
+        x = inputs[0]
+        latent = self.encode(x, training)
+        recon = _mse(x, self.decoder(latent))
+        out = {"recon_loss": recon}
+        total = self.w_recon * recon
+        if self.classifier is not None:
+            out["class_loss"] = _cce(inputs[1], self.classifier(latent, training=training))
+            total = total + self.w_class * out["class_loss"]
+        out["loss"] = total
+        return out
+
+    def train_step(self, data):
+        inputs = data[0]
+        with tf.GradientTape() as tape:
+            out = self.loss_terms(inputs, True)
+        grads = tape.gradient(out["loss"], self.trainable_weights)
+        self.optimizer.apply_gradients(zip(grads, self.trainable_weights))
+        return self._record(inputs, out)
+
+    def test_step(self, data):
+        return self._record(data[0], self.loss_terms(data[0], False))
+
+
+class FixedEffectsAE(AutoEncoder):
+    """scMEDAL-FE: the autoencoder trained against a batch adversary (domain-adversarial AE).
+
+    The adversary (Dense 512 → 132 ReLU → softmax over batches) sees the concatenation of all encoder
+    activations. Each training step first updates the adversary alone on ``CE(z, adv(h))``, then the
+    autoencoder on ``w_recon·MSE(x, x̂) − w_gen·CE(z, adv(h))`` (``+ w_class·CE(y, ŷ)`` with a cell-type head,
+    the paper's FEC). Two Adam optimisers: ``self.optimizer`` (autoencoder) and ``self.adv_optimizer``.
+    Inputs are ``(x, z)`` or ``(x, z, y)``. Logged: ``loss`` (total), ``recon_loss``, ``adv_loss``,
+    ``adv_acc`` and, with a head, ``class_loss`` and ``class_acc`` (separate metrics, unlike the paper's code).
+    """
+
+    loss_names = ("loss", "recon_loss", "adv_loss", "adv_acc")
+
+    def __init__(self, n_genes, n_batches, hidden=(512, 132), latent_dim=50, n_labels=None, w_recon=1000.0,
+                 w_gen=1.0, w_class=1.0, adversary_hidden=None, **kwargs):
+        super().__init__(n_genes, hidden, latent_dim, n_labels=n_labels, w_recon=w_recon, w_class=w_class,
+                         **kwargs)
+        self.n_batches, self.w_gen = n_batches, w_gen
+        self.adversary = _mlp_head(adversary_hidden or hidden, n_batches, "relu", "adversary")
+        if n_labels:
+            self.loss_names = self.loss_names + ("class_loss", "class_acc")
+        self._init_trackers()
+        self.adv_optimizer = None
+
+    def build(self, input_shape=None):
+        super().build(input_shape)
+        width = sum(d.units for d in self.encoder.dense) + self.encoder.latent.units
+        self.adversary.build((None, width))
+
+    def compile(self, optimizer=None, adv_optimizer=None, **kwargs):
+        super().compile(optimizer=optimizer or keras.optimizers.Adam(1e-4), **kwargs)
+        self.adv_optimizer = adv_optimizer or keras.optimizers.Adam(1e-4)
+
+    def _adversary_input(self, x, training):
+        return ops.concatenate(self.encoder(x, training=training), axis=-1)
+
+    def loss_terms(self, inputs, training):
+        x, z = inputs[0], inputs[1]
+        acts = self.encoder(x, training=training)
+        recon = _mse(x, self.decoder(acts[-1]))
+        z_pred = self.adversary(ops.concatenate(acts, axis=-1), training=False)
+        adv = _cce(z, z_pred)
+        out = {"recon_loss": recon, "adv_loss": adv,
+               "adv_acc": ops.mean(ops.cast(ops.argmax(z, -1) == ops.argmax(z_pred, -1), "float32"))}
+        total = self.w_recon * recon - self.w_gen * adv
+        if self.classifier is not None:
+            y_pred = self.classifier(acts[-1], training=training)
+            out["class_loss"] = _cce(inputs[2], y_pred)
+            out["class_acc"] = ops.mean(ops.cast(ops.argmax(inputs[2], -1) == ops.argmax(y_pred, -1), "float32"))
+            total = total + self.w_class * out["class_loss"]
+        out["loss"] = total
+        return out
+
+    def _ae_weights(self):
+        adv = {id(v) for v in self.adversary.trainable_weights}
+        return [v for v in self.trainable_weights if id(v) not in adv]
+
+    def adversary_step(self, x, z):
+        """One update of the adversary alone (the encoder runs outside the tape). Returns its loss."""
+        h = ops.stop_gradient(self._adversary_input(x, True))
+        with tf.GradientTape() as tape:
+            loss = _cce(z, self.adversary(h, training=True))
+        weights = self.adversary.trainable_weights
+        self.adv_optimizer.apply_gradients(zip(tape.gradient(loss, weights), weights))
+        return loss
+
+    def train_step(self, data):
+        inputs = data[0]
+        self.adversary_step(inputs[0], inputs[1])
+        weights = self._ae_weights()
+        with tf.GradientTape() as tape:
+            out = self.loss_terms(inputs, True)
+        self.optimizer.apply_gradients(zip(tape.gradient(out["loss"], weights), weights))
+        return self._record(inputs, out)
+
+    def test_step(self, data):
+        return self._record(data[0], self.loss_terms(data[0], False))
+
+
+class RandomEffectsEncoder(layers.Layer):
+    """``x → Dense → CSB(z) → SELU`` blocks, then a SELU latent layer (no random effect on the latent)."""
+
+    def __init__(self, n_batches, hidden=(512, 132), latent_dim=50, seed=None, re_kwargs=None, **kwargs):
+        super().__init__(**kwargs)
+        self.dense = [layers.Dense(u, name=f"dense_{i}") for i, u in enumerate(hidden)]
+        self.csb = [ClusterScaleBias(u, n_batches, seed=None if seed is None else seed + 10 * i,
+                                     re_kwargs=re_kwargs, name=f"csb_{i}") for i, u in enumerate(hidden)]
+        self.latent = layers.Dense(latent_dim, activation="selu", name="latent")
+
+    def build(self, input_shapes):
+        (_, width), z_shape = input_shapes
+        for dense, csb in zip(self.dense, self.csb):
+            dense.build((None, width))
+            width = dense.units
+            csb.build([(None, width), z_shape])
+        self.latent.build((None, width))
+
+    def call(self, inputs, training=False):
+        x, z = inputs
+        for dense, csb in zip(self.dense, self.csb):
+            x = ops.selu(csb([dense(x), z], training=training))
+        return self.latent(x)
+
+
+class RandomEffectsDecoder(layers.Layer):
+    """Untied decoder with a CSB block after every dense layer, output included.
+
+    ``double_selu=True`` reproduces the authors' quirk (hidden Dense layers already SELU-activated, then
+    SELU again after the block); ``False`` applies SELU once, after the block.
+    """
+
+    def __init__(self, n_genes, n_batches, hidden=(132, 512), double_selu=True, seed=None, re_kwargs=None,
+                 **kwargs):
+        super().__init__(**kwargs)
+        inner = "selu" if double_selu else None
+        self.dense = [layers.Dense(u, activation=inner, name=f"dense_{i}") for i, u in enumerate(hidden)]
+        self.dense.append(layers.Dense(n_genes, name="output"))
+        widths = [*hidden, n_genes]
+        self.csb = [ClusterScaleBias(u, n_batches, seed=None if seed is None else seed + 100 + 10 * i,
+                                     re_kwargs=re_kwargs, name=f"csb_{i}") for i, u in enumerate(widths)]
+
+    def build(self, input_shapes):
+        (_, width), z_shape = input_shapes
+        for dense, csb in zip(self.dense, self.csb):
+            dense.build((None, width))
+            width = dense.units
+            csb.build([(None, width), z_shape])
+
+    def call(self, inputs, training=False):
+        h, z = inputs
+        last = len(self.dense) - 1
+        for i, (dense, csb) in enumerate(zip(self.dense, self.csb)):
+            h = csb([dense(h), z], training=training)
+            if i < last:
+                h = ops.selu(h)
+        return h
+
+
+class RandomEffectsAE(_TrackedModel):
+    """scMEDAL-RE: Bayesian autoencoder whose layers carry batch-specific random scales and biases.
+
+    Loss: ``w_recon·MSE + w_clus·CE(z, head(latent)) + mean(encoder KLs) + mean(decoder KLs)``; the batch head
+    (Dense 5 ReLU → softmax) is trained to *predict* the batch. Validation losses exclude the KL, as in the
+    paper, but the reported ``loss`` always matches the training objective's deterministic part.
+    Inputs are ``(x, z)``; ``z`` may be a one-hot row, all zeros (prior mean: no random effect), or any
+    convex combination of one-hot rows (e.g. the mean over known batches).
+    """
+
+    loss_names = ("loss", "recon_loss", "batch_loss", "batch_acc", "kl")
+
+    def __init__(self, n_genes, n_batches, hidden=(512, 132), latent_dim=50, w_recon=110.0, w_clus=0.1,
+                 double_selu=True, seed=None, re_kwargs=None, **kwargs):
+        super().__init__(**kwargs)
+        self.n_genes, self.n_batches = n_genes, n_batches
+        self.w_recon, self.w_clus = w_recon, w_clus
+        self.encoder = RandomEffectsEncoder(n_batches, hidden, latent_dim, seed=seed, re_kwargs=re_kwargs,
+                                            name="encoder")
+        self.decoder = RandomEffectsDecoder(n_genes, n_batches, tuple(reversed(hidden)), double_selu,
+                                            seed=seed, re_kwargs=re_kwargs, name="decoder")
+        self.batch_head = _mlp_head((5,), n_batches, "relu", "batch_head")
+        self.latent_dim = latent_dim
+        self._init_trackers()
+
+    def build(self, input_shape=None):
+        x_shape, z_shape = (None, self.n_genes), (None, self.n_batches)
+        self.encoder.build([x_shape, z_shape])
+        self.decoder.build([(None, self.latent_dim), z_shape])
+        self.batch_head.build((None, self.latent_dim))
+        self.built = True
+
+    def encode(self, x, z, training=False):
+        return self.encoder([x, z], training=training)
+
+    def decode(self, latent, z, training=False):
+        return self.decoder([latent, z], training=training)
+
+    def call(self, inputs, training=False):
+        x, z = inputs[0], inputs[1]
+        return self.decode(self.encode(x, z, training), z, training)
+
+    def loss_terms(self, inputs, training):
+        x, z = inputs[0], inputs[1]
+        latent = self.encode(x, z, training)
+        kl_enc = list(self.encoder.losses) if training else []
+        recon = self.decode(latent, z, training)
+        kl_dec = list(self.decoder.losses) if training else []
+        z_pred = self.batch_head(latent, training=training)
+        out = {"recon_loss": _mse(x, recon), "batch_loss": _cce(z, z_pred),
+               "batch_acc": ops.mean(ops.cast(ops.argmax(z, -1) == ops.argmax(z_pred, -1), "float32"))}
+        out["kl"] = _mean_of(kl_enc) + _mean_of(kl_dec)
+        out["loss"] = self.w_recon * out["recon_loss"] + self.w_clus * out["batch_loss"] + out["kl"]
+        return out
+
+    def train_step(self, data):
+        inputs = data[0]
+        with tf.GradientTape() as tape:
+            out = self.loss_terms(inputs, True)
+        grads = tape.gradient(out["loss"], self.trainable_weights)
+        self.optimizer.apply_gradients(zip(grads, self.trainable_weights))
+        return self._record(inputs, out)
+
+    def test_step(self, data):
+        return self._record(data[0], self.loss_terms(data[0], False))

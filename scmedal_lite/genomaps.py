@@ -82,11 +82,13 @@ __all__ = [
     "counterfactual_stack",
     "fit_or_load",
     "grid_shape",
+    "layout_cache_key",
     "plot_cell_all_batches",
     "plot_cell_panel",
     "plot_significant_pixels",
     "run_genomap_analysis",
     "select_cells",
+    "zscore_columns",
     "zscore_stack",
 ]
 
@@ -237,7 +239,8 @@ def select_cells(
     bt = obs[batch_key].astype(str).to_numpy()
     unknown = sorted(set(types) - set(ct))
     if unknown:
-        raise ValueError(f"unknown cell type(s) {unknown} in obs[{cell_type_key!r}]; available: {sorted(set(ct))}")
+        raise ValueError(f"unknown cell type(s) {unknown} in obs[{cell_type_key!r}]; "
+                         f"available: {sorted(set(ct))}")
     forced = _as_list(force_batches)
     unknown = sorted(set(forced) - set(bt))
     if unknown:
@@ -262,7 +265,8 @@ def select_cells(
     n_fill = max(int(n_cells) - len(chosen), 0)
     alloc = _allocate(n_fill, [len(r) for r in remaining_by_type])
     if alloc.sum() < n_fill:
-        logger.warning("select_cells: only %d candidate cells for n_cells=%d", len(chosen) + alloc.sum(), n_cells)
+        logger.warning("select_cells: only %d candidate cells for n_cells=%d",
+                       len(chosen) + int(alloc.sum()), n_cells)
     for cand, k in zip(remaining_by_type, alloc):
         if k:
             chosen.extend(int(i) for i in rng.choice(cand, size=int(k), replace=False))
@@ -336,7 +340,8 @@ def counterfactual_stack(
               checked(model.get_reconstruction(sub, kind="fe", scaled=True), "FE reconstruction")]
     for b in tqdm(batches, desc="counterfactuals", leave=False):
         cf = model.counterfactual(sub, batch=b, mode=mode, scaled=True)
-        if isinstance(cf, ad.AnnData) and not np.array_equal(np.asarray(cf.obs_names), np.asarray(sub.obs_names)):
+        same = np.array_equal(np.asarray(getattr(cf, "obs_names", sub.obs_names)), np.asarray(sub.obs_names))
+        if not same:
             raise ValueError(f"counterfactual for batch {b!r} returned cells in a different order")
         blocks.append(checked(cf, f"counterfactual for batch {b!r}"))
 
@@ -358,7 +363,8 @@ def counterfactual_stack(
     stack = ad.AnnData(X=np.vstack(blocks), obs=obs, var=pd.DataFrame(index=genes))
     stack.uns["genomap_stack"] = {"target_batches": batches, "mode": mode, "batch_key": batch_key,
                                   "n_cells": int(n)}
-    logger.info("counterfactual_stack: %d rows (%d cells x %d blocks) x %d genes", stack.n_obs, n, n_blocks, g)
+    logger.info("counterfactual_stack: %d rows (%d cells x %d blocks) x %d genes",
+                stack.n_obs, n, n_blocks, g)
     return stack
 
 
@@ -517,7 +523,7 @@ class GenomapLayout:
         (gene-gene distance 1 - Pearson r over all rows, grid distances, KL loss, uniform marginals).
         ``grid`` defaults to :func:`grid_shape`; it must hold all genes. Constant genes are replaced
         by noise from ``seed`` for the coupling only (see the module notes); otherwise the result
-        is deterministic. Cost grows with genes^2 x iterations (about 45 s for 300 rows x 1000 genes
+        is deterministic. Cost grows with genes^2 x iterations (45-60 s for 300 rows x 1000 genes
         x 200 iterations on a shared 2-core machine); use :func:`fit_or_load` to cache it. The
         package also builds its own genomaps of every row, so peak memory is about
         3 x rows x rows*cols x 8 bytes.
@@ -542,12 +548,14 @@ class GenomapLayout:
             warnings.simplefilter("always")
             _, T = genomap.construct_genomap_returnT(x_fit, rows, cols, epsilon=epsilon, num_iter=int(n_iter))
         seconds = time.perf_counter() - t0
-        for msg in sorted({str(w.message) for w in caught if not issubclass(w.category, PendingDeprecationWarning)}):
+        shown = {str(w.message) for w in caught if not issubclass(w.category, PendingDeprecationWarning)}
+        for msg in sorted(shown):
             logger.warning("genomap: %s", msg)
         T = np.asarray(T, dtype=np.float64)
-        if T.shape != (n_genes, n_genes) or not np.isfinite(T).all() or not np.isclose(T.sum(), 1.0, atol=1e-6):
-            raise RuntimeError(f"genomap returned an invalid coupling (shape {T.shape}, sum {np.nansum(T):.3g}); "
-                               "check the data for degenerate genes")
+        valid = T.shape == (n_genes, n_genes) and np.isfinite(T).all() and np.isclose(T.sum(), 1.0, atol=1e-6)
+        if not valid:
+            raise RuntimeError(f"genomap returned an invalid coupling (shape {T.shape}, "
+                               f"sum {np.nansum(T):.3g}); check the data for degenerate genes")
         logger.info("GenomapLayout.fit: coupling done in %.1f s", seconds)
         return cls(rows=rows, cols=cols, T=T, genes=names, n_iter=int(n_iter), epsilon=float(epsilon),
                    seed=int(seed), fit_seconds=seconds,
@@ -590,7 +598,8 @@ class GenomapLayout:
         r, c = self.pixel_of(k)
         mass = self.T.sum(axis=1)
         weight = self.T[np.arange(self.n_genes), k] / np.where(mass > 0, mass, 1.0)
-        table = pd.DataFrame({"gene": self.genes, "row": r.astype(int), "col": c.astype(int), "weight": weight})
+        table = pd.DataFrame({"gene": self.genes, "row": r.astype(int), "col": c.astype(int),
+                              "weight": weight})
         n_shared = int(table.duplicated(["row", "col"]).sum())
         if n_shared:
             logger.warning("gene_table: %d gene(s) share a pixel with another gene", n_shared)
@@ -638,7 +647,7 @@ class GenomapLayout:
             T = z["T"]
         return cls(rows=int(info["rows"]), cols=int(info["cols"]), T=T, genes=info["genes"],
                    n_iter=int(info["n_iter"]), epsilon=float(info["epsilon"]), seed=int(info["seed"]),
-                   fit_seconds=float(info["fit_seconds"]) if info["fit_seconds"] is not None else float("nan"),
+                   fit_seconds=float("nan") if info["fit_seconds"] is None else float(info["fit_seconds"]),
                    data_hash=info.get("data_hash", ""), genomap_version=info.get("genomap_version", ""),
                    meta=info.get("meta", {}))
 
@@ -648,8 +657,9 @@ def layout_cache_key(data: Any, *, genes: Sequence[str] | None = None, grid: tup
     """SHA-256 over the data (as float64), gene names, grid, parameters and genomap version."""
     x, names = _matrix_and_genes(data, genes, layer)
     rows, cols = grid if grid is not None else grid_shape(x.shape[1])
-    params = {"genes": names, "grid": [int(rows), int(cols)], "n_iter": int(n_iter), "epsilon": float(epsilon),
-              "seed": int(seed), "genomap": _genomap_version(), "format": _LAYOUT_FORMAT}
+    params = {"genes": names, "grid": [int(rows), int(cols)], "n_iter": int(n_iter),
+              "epsilon": float(epsilon), "seed": int(seed), "genomap": _genomap_version(),
+              "format": _LAYOUT_FORMAT}
     return _hash_matrix(x, params)
 
 
@@ -670,7 +680,8 @@ def fit_or_load(
     written to a temporary folder and renamed into place, so a crash never leaves a partial entry.
     """
     cache_dir = Path(cache_dir)
-    key = layout_cache_key(data, genes=genes, grid=grid, n_iter=n_iter, epsilon=epsilon, seed=seed, layer=layer)
+    params = dict(genes=genes, grid=grid, n_iter=n_iter, epsilon=epsilon, seed=seed, layer=layer)
+    key = layout_cache_key(data, **params)
     target = cache_dir / f"layout-{key[:20]}"
     if target.is_dir():
         try:
@@ -680,7 +691,7 @@ def fit_or_load(
             return layout
         except Exception as exc:  # corrupt or old entry: refit
             logger.warning("fit_or_load: cache entry %s unreadable (%s); refitting", target, exc)
-    layout = GenomapLayout.fit(data, genes=genes, grid=grid, n_iter=n_iter, epsilon=epsilon, seed=seed, layer=layer)
+    layout = GenomapLayout.fit(data, **params)
     layout.meta["cache_key"] = key
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=cache_dir))
@@ -990,7 +1001,8 @@ def compare_batch_groups(
     batches_a = sorted({str(t) for t, g in zip(target[use], grp[use]) if g == a})
     batches_b = sorted({str(t) for t, g in zip(target[use], grp[use]) if g == b})
     if not batches_a or not batches_b:
-        raise ValueError(f"each group needs at least one target batch in the stack: {a}: {batches_a}, {b}: {batches_b}")
+        raise ValueError(f"each group needs at least one target batch in the stack: "
+                         f"{a}: {batches_a}, {b}: {batches_b}")
     if min(len(batches_a), len(batches_b)) < 3:
         logger.warning("compare_batch_groups: few target batches (%d vs %d); tests have little power",
                        len(batches_a), len(batches_b))
@@ -1045,7 +1057,8 @@ def compare_batch_groups(
     out = out.sort_values(["padj", "pvalue"], kind="stable", na_position="last").reset_index(drop=True)
     out.attrs.update({"test": test, "groups": [a, b], "batches": {a: batches_a, b: batches_b},
                       "fdr": bool(fdr), "alpha": float(alpha)})
-    logger.info("compare_batch_groups (%s): %d of %d tested features significant (%s vs %s, %d vs %d batches)",
+    logger.info("compare_batch_groups (%s): %d of %d tested features significant "
+                "(%s vs %s, %d vs %d batches)",
                 test, int(out["significant"].sum()), int(np.isfinite(pval).sum()), a, b,
                 len(batches_a), len(batches_b))
     return out
@@ -1067,8 +1080,8 @@ def plot_significant_pixels(result: pd.DataFrame, layout: GenomapLayout, alpha: 
     fig = Figure(figsize=(size + 1.2, size), layout="constrained")
     ax = fig.subplots()
     im = ax.imshow(grid, cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
-    _mark(ax, [(int(r), int(c), str(g)) for r, c, g in sig[["row", "col", "gene"]].head(max_labels).to_numpy()],
-          fontsize=7)
+    labels = sig[["row", "col", "gene"]].head(max_labels).to_numpy()
+    _mark(ax, [(int(r), int(c), str(g)) for r, c, g in labels], fontsize=7)
     ax.set_xticks([])
     ax.set_yticks([])
     g = result.attrs.get("groups", ["a", "b"])
@@ -1151,7 +1164,8 @@ def run_genomap_analysis(
     6. if groups are given (``groups_key``: an obs column constant within each batch, e.g. the
     donor's diagnosis, read from all cells of ``adata``; or an explicit ``group_of_batch``),
     :func:`compare_batch_groups` on the genomaps and :func:`plot_significant_pixels`.
-    ``groups`` defaults to the two group labels (sorted) when there are exactly two.
+    ``groups`` defaults to the two group labels (sorted) when there are exactly two; the effect is
+    ``groups[0] - groups[1]``, so pass e.g. ``groups=("disease", "control")`` for disease - control.
 
     Files (each written atomically): ``cells.csv``, ``stack_obs.csv``, ``genes.csv``,
     ``stack_scaled.npy``, ``stack_zscore.npy``, ``genomaps.npy`` (n_rows x rows x cols, float32),
@@ -1169,6 +1183,13 @@ def run_genomap_analysis(
     if groups_key is not None and group_of_batch is not None:
         raise ValueError("give groups_key or group_of_batch, not both")
     types = _as_list(cell_types)
+    if groups_key is not None:
+        group_of_batch = _groups_from_obs(adata, batch_key, groups_key)
+    if group_of_batch is not None and groups is None:
+        labels = sorted({str(v) for v in group_of_batch.values()})
+        if len(labels) != 2:
+            raise ValueError(f"{len(labels)} group labels {labels}: pass groups=(a, b)")
+        groups = (labels[0], labels[1])
     paths: dict[str, Path] = {}
 
     cells = select_cells(adata, cell_type_key=cell_type_key, cell_types=types, n_cells=n_cells,
@@ -1201,14 +1222,7 @@ def run_genomap_analysis(
             paths[f"all_batches:{stem}"] = _write_figure(panel_dir / f"{stem}__all_batches.png", fig)
 
     comparison = None
-    if groups_key is not None:
-        group_of_batch = _groups_from_obs(adata, batch_key, groups_key)
-    if group_of_batch is not None:
-        if groups is None:
-            labels = sorted(set(group_of_batch.values()))
-            if len(labels) != 2:
-                raise ValueError(f"{len(labels)} group labels {labels}: pass groups=(a, b)")
-            groups = (labels[0], labels[1])
+    if group_of_batch is not None and groups is not None:
         comparison = compare_batch_groups(images, stack.obs, group_of_batch=group_of_batch, groups=groups,
                                           test=test, layout=layout, max_pixels=max_pixels)
         paths["comparison"] = _write_csv(out / f"comparison_{test}.csv", comparison)
@@ -1218,7 +1232,8 @@ def run_genomap_analysis(
     summary = {"n_cells": int(len(cells)), "cell_types": types, "shown_batches": shown,
                "target_batches": stack.uns["genomap_stack"]["target_batches"], "mode": mode,
                "grid": list(layout.shape), "n_genes": layout.n_genes, "n_iter": n_iter, "seed": seed,
-               "layout_fit_seconds": layout.fit_seconds, "layout_cache_hit": bool(layout.meta.get("cache_hit")),
+               "layout_fit_seconds": layout.fit_seconds,
+               "layout_cache_hit": bool(layout.meta.get("cache_hit")),
                "test": test if comparison is not None else None,
                "groups": list(groups) if comparison is not None else None,
                "n_significant": int(comparison["significant"].sum()) if comparison is not None else None,

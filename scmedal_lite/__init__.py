@@ -18,8 +18,9 @@ _os.environ.setdefault("POT_BACKEND_DISABLE_PYTORCH", "1")
 
 __version__ = "0.1.0"
 
-from . import datasets, pp  # noqa: E402
+from . import baselines, classify, datasets, genomaps, metrics, paper_data, pp  # noqa: E402
 from .model import SCMEDAL, UnseenBatchWarning  # noqa: E402
 from .validate import InputError, read_h5ad  # noqa: E402
 
-__all__ = ["SCMEDAL", "InputError", "UnseenBatchWarning", "datasets", "pp", "read_h5ad", "__version__"]
+__all__ = ["SCMEDAL", "InputError", "UnseenBatchWarning", "baselines", "classify", "datasets", "genomaps",
+           "metrics", "paper_data", "pp", "read_h5ad", "__version__"]

@@ -1,4 +1,4 @@
-"""Integration baselines on the same input as scMEDAL: PCA, Harmony, Scanorama, and (optionally) scVI / scANVI.
+"""Integration baselines on the same input as scMEDAL: PCA, Harmony, Scanorama, and (optional) scVI, scANVI.
 
 Every function returns a dense ``(n_cells, d)`` float array for **all** cells of ``adata`` (train, val and
 test), rows in ``adata``'s cell order, and shares one signature::
@@ -9,15 +9,13 @@ test), rows in ``adata``'s cell order, and shares one signature::
 scMEDAL networks see (the paper fed every baseline that input, method.md §3.2). ``train_mask`` marks the
 training cells.
 
-How each method uses the cells (as in the paper):
+How each method uses the cells (as in the paper, except scVI/scANVI, which the paper fit transductively):
 
-========== ============================================================================================
-``pca``    **inductive**: sklearn PCA fit on the training cells only, then applied to every cell.
-``harmony`` **transductive**: PCA on all cells, then harmonypy on all cells (``train_mask`` is ignored).
-``scanorama`` **transductive**: all cells, one data set per batch (``train_mask`` is ignored).
-``scvi``   fit on the training cells when every batch has some; otherwise on all cells (with a warning).
-``scanvi`` like ``scvi``; only training cells' labels are shown to it (the others are "Unknown").
-========== ============================================================================================
+* ``pca``: **inductive**, sklearn PCA fit on the training cells only, then applied to every cell.
+* ``harmony``: **transductive**, PCA on all cells, then harmonypy on all cells (``train_mask`` is ignored).
+* ``scanorama``: **transductive**, all cells, one data set per batch (``train_mask`` is ignored).
+* ``scvi``: fit on the training cells when every batch has some, otherwise on all cells (with a warning).
+* ``scanvi``: like ``scvi``; only the training cells' labels are shown to it (the others are "Unknown").
 
 Transductive methods see the test cells while fitting; the paper ran Harmony and Scanorama that way.
 
@@ -230,17 +228,19 @@ def _scvi_data(adata, batch, x, counts_layer, train_mask):
     if counts_layer is not None:
         if counts_layer not in adata.layers:
             raise InputError(f"layer {counts_layer!r} (raw counts) is not in adata.layers "
-                             f"({list(adata.layers)}); run sm.pp.prepare on counts, or pass counts_layer=None "
-                             "to feed x / adata.X as the paper did.")
+                             f"({list(adata.layers)}); run sm.pp.prepare on counts, or pass "
+                             "counts_layer=None to feed x / adata.X as the paper did.")
         X = adata.layers[counts_layer]
         X = sparse.csr_matrix(X, dtype="float32") if sparse.issparse(X) else np.asarray(X, dtype="float32")
     else:
         X = _input_matrix(adata, x)
-    data = AnnData(X=X, obs=pd.DataFrame({"_batch": pd.Categorical(batch)}, index=adata.obs_names.astype(str)))
+    obs = pd.DataFrame({"_batch": pd.Categorical(batch)}, index=adata.obs_names.astype(str))
+    data = AnnData(X=X, obs=obs)
     fit = _mask(adata, train_mask)
     if not fit.all() and not set(batch[~fit]) <= set(batch[fit]):
-        warnings.warn("Some cells outside train_mask come from batches without training cells; scVI cannot "
-                      "embed unseen batches, so it is fit on all cells (transductive).", UserWarning, stacklevel=3)
+        warnings.warn("Some cells outside train_mask come from batches without training cells; scVI "
+                      "cannot embed unseen batches, so it is fit on all cells (transductive).", UserWarning,
+                      stacklevel=3)
         fit = np.ones(adata.n_obs, dtype=bool)
     return data, fit
 
@@ -274,7 +274,8 @@ def scvi(adata: AnnData, *, batch_key: str, n_comps: int = 50, seed: int = 0, x=
     Fit on **raw counts** (``adata.layers[counts_layer]``), the input scVI's count likelihood is made for.
     The paper instead fed the min–max-scaled log data (method.md §3.2, a weakness of their baseline); pass
     ``counts_layer=None`` to feed ``x`` (or ``adata.X``) and reproduce that. Model: ``n_latent=n_comps,
-    n_layers=2, n_hidden=132, gene_likelihood="zinb", dispersion="gene"`` (``model_kwargs`` overrides), trained
+    n_layers=2, n_hidden=132, gene_likelihood="zinb", dispersion="gene"`` (``model_kwargs`` overrides),
+    trained
     with ``max_epochs`` (None: scvi-tools' own heuristic), batch 512, early stopping on scvi-tools' internal
     validation cells (``train_kwargs`` overrides). Fit on the ``train_mask`` cells when every batch has
     training cells, else on all cells (warning). Seeded with ``scvi.settings.seed = seed``.
@@ -286,8 +287,8 @@ def scvi(adata: AnnData, *, batch_key: str, n_comps: int = 50, seed: int = 0, x=
     batch = _batches(adata, batch_key)
     data, fit = _scvi_data(adata, batch, x, counts_layer, train_mask)
     n_comps = _n_comps(n_comps, int(fit.sum()), data.n_vars, "scVI")
-    model, _ = _fit_scvi(scvi_mod, data, fit, n_comps, seed, max_epochs, batch_size, accelerator, model_kwargs,
-                         train_kwargs)
+    model, _ = _fit_scvi(scvi_mod, data, fit, n_comps, seed, max_epochs, batch_size, accelerator,
+                         model_kwargs, train_kwargs)
     return np.asarray(model.get_latent_representation(data), dtype="float32")
 
 
@@ -317,8 +318,8 @@ def scanvi(adata: AnnData, *, batch_key: str, labels_key: str, n_comps: int = 50
     labels[~shown] = unlabeled_category
     data.obs["_label"] = pd.Categorical(labels)
     n_comps = _n_comps(n_comps, int(fit.sum()), data.n_vars, "scANVI")
-    model, _ = _fit_scvi(scvi_mod, data, fit, n_comps, seed, max_epochs, batch_size, accelerator, model_kwargs,
-                         train_kwargs)
+    model, _ = _fit_scvi(scvi_mod, data, fit, n_comps, seed, max_epochs, batch_size, accelerator,
+                         model_kwargs, train_kwargs)
     refined = scvi_mod.model.SCANVI.from_scvi_model(model, unlabeled_category=unlabeled_category,
                                                     labels_key="_label")
     kwargs = {"batch_size": int(batch_size), "accelerator": accelerator}
@@ -336,7 +337,7 @@ METHODS = {"pca": pca, "harmony": harmony, "scanorama": scanorama, "scvi": scvi,
 
 
 class BaselineEmbeddings(dict):
-    """``{method: embedding}`` (a plain dict) with ``.timings``: ``{method: seconds}`` of wall-clock fit time."""
+    """``{method: embedding}`` (a plain dict) with ``.timings``: ``{method: seconds}`` of fit time."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

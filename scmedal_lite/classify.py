@@ -1,7 +1,7 @@
-"""The paper's mixed-effects classifier (MEC, method.md §1.9 and §5): does a latent predict a cell's condition?
+"""The paper's mixed-effects classifier (MEC, method.md §1.9, §5): does a latent predict a cell's condition?
 
-The reported MEC is a random forest, nothing mixed-effects about the classifier itself: the "mixed effects" are
-in the features. For each feature set (a fixed-effects latent ``X`` alone, or ``X`` next to the scMEDAL-RE
+The reported MEC is a random forest; nothing about the classifier itself is mixed-effects: the "mixed effects"
+are in the features. For each feature set (a fixed-effects latent ``X`` alone, or ``X`` next to the scMEDAL-RE
 latent, "X + RE"), :func:`mec` standardises the features (``StandardScaler`` fit on the training cells), fits
 ``RandomForestClassifier(n_estimators=100, random_state=42)`` on the training cells and reports accuracy and
 balanced accuracy on the test cells, next to the chance level of a ``DummyClassifier(strategy="stratified",
@@ -22,8 +22,8 @@ The leave-batches-out scheme (``scheme="batches"``) removes the lookup: whole ba
 batches are never seen in training, neither by scMEDAL nor by the forest), and the RE latent of an unseen
 batch can only use the unseen-batch rule (``unseen="mean"``: the average of the known batches' random effects;
 ``"prior"``: no random effect). It measures what the question really is: does the latent let us predict the
-condition of a **new** donor or sample? Expect much smaller numbers, close to chance when there are few batches
-per level, and little or no gain from adding RE.
+condition of a **new** donor or sample? Expect much smaller numbers, close to chance when there are few
+batches per level, and little or no gain from adding RE.
 
 Example
 -------
@@ -90,7 +90,8 @@ def _feature_items(features) -> list[tuple[str, np.ndarray]]:
         try:
             name, X = item
         except (TypeError, ValueError):
-            raise InputError("features must be a dict {name: array} or a list of (name, array) pairs.") from None
+            raise InputError("features must be a dict {name: array} or a list of (name, array) pairs.") \
+                from None
         name = str(name)
         if name in seen or name == CHANCE:
             raise InputError(f"Feature set name {name!r} is duplicated or reserved.")
@@ -154,7 +155,8 @@ def mec(features, y, train_mask, test_mask, *, seed: int = 42, n_estimators: int
         with warnings.catch_warnings():       # classes seen only in test/only in predictions: a valid result
             warnings.filterwarnings("ignore", category=UserWarning)
             rows.append((name, "test", "accuracy", float(accuracy_score(y[test], predicted))))
-            rows.append((name, "test", "balanced_accuracy", float(balanced_accuracy_score(y[test], predicted))))
+            rows.append((name, "test", "balanced_accuracy",
+                         float(balanced_accuracy_score(y[test], predicted))))
 
     for name, X in items:
         scaler = StandardScaler().fit(X[train])
@@ -162,7 +164,8 @@ def mec(features, y, train_mask, test_mask, *, seed: int = 42, n_estimators: int
                                         random_state=seed, n_jobs=int(n_jobs))
         forest.fit(scaler.transform(X[train]), y[train])
         score(name, forest.predict(scaler.transform(X[test])))
-    dummy = DummyClassifier(strategy="stratified", random_state=seed).fit(np.zeros((int(train.sum()), 1)), y[train])
+    dummy = DummyClassifier(strategy="stratified", random_state=seed)
+    dummy.fit(np.zeros((int(train.sum()), 1)), y[train])
     score(CHANCE, dummy.predict(np.zeros((int(test.sum()), 1))))
     return pd.DataFrame(rows, columns=["features", "split", "metric", "value"])
 
@@ -301,9 +304,10 @@ def batch_folds(adata: AnnData, batch_key: str, n_folds: int = 5, stratify_key: 
         missing = sorted(set(levels) - set(levels[in_train]))
         if missing:
             counts = {str(lv): len(by_level[lv]) for lv in missing}
-            raise InputError(f"With {n_folds} leave-batches-out folds, level(s) {counts} (number of batches) of "
-                             f"{stratify_key!r} would have no training batch in fold {k}. Each level needs at "
-                             "least 2 batches (3 when n_folds is 3); use fewer folds or merge levels.")
+            raise InputError(f"With {n_folds} leave-batches-out folds, level(s) {counts} (number of "
+                             f"batches) of {stratify_key!r} would have no training batch in fold {k}. Each "
+                             "level needs at least 2 batches (3 when n_folds is 3); use fewer folds or merge "
+                             "levels.")
     return group
 
 
@@ -337,7 +341,7 @@ def split_batch_fold(adata: AnnData, *, batch_key: str, fold: int, n_folds: int 
 
 
 def _light_copy(adata: AnnData) -> AnnData:
-    """A new AnnData sharing ``X`` and layers with ``adata`` but with its own ``obs`` (for a per-fold split)."""
+    """A new AnnData sharing ``X`` and layers with ``adata``, with its own ``obs`` (for a per-fold split)."""
     return AnnData(X=adata.X, obs=adata.obs.copy(), var=adata.var.copy(),
                    layers={k: v for k, v in adata.layers.items()})
 
@@ -360,8 +364,9 @@ def cross_validate_mec(adata: AnnData, *, batch_key: str, labels_key: str | None
         The column MEC predicts (e.g. the condition).
     scheme
         ``"cells"``: the paper's cell-level rotation (:func:`scmedal_lite.pp.split_cells` with ``fold=k``);
-        every batch is in train, val and test. ``"batches"``: leave-batches-out (:func:`batch_folds`, stratified
-        by ``target_key``); test batches are never seen, and their RE latents use the ``unseen`` rule.
+        every batch is in train, val and test. ``"batches"``: leave-batches-out (:func:`batch_folds`,
+        stratified by ``target_key``); test batches are never seen, and their RE latents use the ``unseen``
+        rule.
     n_folds, folds
         Number of folds (>= 3 for the test/val/train rotation) and which of them to run (default all).
     seed
@@ -371,7 +376,8 @@ def cross_validate_mec(adata: AnnData, *, batch_key: str, labels_key: str | None
         ``hidden``, ``latent_dim``, ``preset``).
     baselines, baseline_options
         Baseline methods (:data:`scmedal_lite.baselines.METHODS`) run on the model's scaled input with the
-        fold's training mask, and their per-method options (see :func:`~scmedal_lite.baselines.run_baselines`).
+        fold's training mask, and their per-method options (see
+        :func:`~scmedal_lite.baselines.run_baselines`).
     unseen, mec_seed, n_jobs
         The RE unseen-batch rule; ``random_state`` of the forest and chance (42, paper); forest workers.
 
@@ -426,8 +432,8 @@ def cross_validate_mec(adata: AnnData, *, batch_key: str, labels_key: str | None
                                            x=model.scale(a), train_mask=model.train_mask, seed=seed,
                                            options=baseline_options)
             latents.update({_baselines.DISPLAY_NAMES.get(m, m): e for m, e in emb.items()})
-        table = mixed_effects_classification(model, a, target_key=target_key, fe_latents=latents, re_latent=re,
-                                             seed=mec_seed, n_jobs=n_jobs)
+        table = mixed_effects_classification(model, a, target_key=target_key, fe_latents=latents,
+                                             re_latent=re, seed=mec_seed, n_jobs=n_jobs)
         table.insert(0, "scheme", scheme)
         table.insert(0, "fold", k)
         tables.append(table)

@@ -37,7 +37,7 @@ class TiedDenseTranspose(keras.layers.Layer):
 
     def __init__(self, source: keras.layers.Dense, units: int, activation=None, **kwargs):
         super().__init__(**kwargs)
-        self.source = source
+        object.__setattr__(self, "source", source)    # not tracked: its kernel belongs to the encoder
         self.units = units
         self.activation = keras.activations.get(activation)
 

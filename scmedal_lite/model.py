@@ -244,7 +244,8 @@ class SCMEDAL:
         """Train the networks named in ``which`` (``"fe"``, ``"re"``, ``"ae"``; default FE then RE).
 
         Early stopping watches ``val_loss``, the total validation loss each network really logs, and restores
-        the best weights. ``faithful=True`` reproduces the authors' code instead: FE and RE train all
+        the best weights. Its default patience is the preset's ``patience`` epochs or ``patience_steps``
+        optimisation steps, whichever is longer (small data sets have few steps per epoch). ``faithful=True`` reproduces the authors' code instead: FE and RE train all
         ``max_epochs`` and keep the final weights (their early stopping watched a metric that did not exist).
         ``max_epochs=None`` takes the preset's budget (see :meth:`epochs_for`). With ``checkpoint_dir`` the
         state is saved after every epoch and an interrupted call resumes from it. Returns ``self``.
@@ -252,7 +253,10 @@ class SCMEDAL:
         sched = self.config["schedule"]
         batch_size = as_int("batch_size", batch_size or sched["batch_size"], minimum=1)
         lr = float(learning_rate or sched["learning_rate"])
-        patience = as_int("patience", patience if patience is not None else sched["patience"], minimum=1)
+        if patience is None:
+            steps_per_epoch = max(1, math.ceil(int(self.train_mask.sum()) / batch_size))
+            patience = max(sched["patience"], math.ceil(sched.get("patience_steps", 0) / steps_per_epoch))
+        patience = as_int("patience", patience, minimum=1)
         seed = self.seed if seed is None else as_int("seed", seed, minimum=0)
         n_train = int(self.train_mask.sum())
         epochs = as_int("max_epochs", max_epochs if max_epochs is not None else self.epochs_for(n_train, batch_size),

@@ -453,7 +453,7 @@ def asd_velmeshev(*, cache_dir: str | None = None, files=None) -> anndata.AnnDat
     """
     paths = _asd_paths(files, cache_dir)
     X, cells, gene_ids = read_genes_by_cells(paths["exprMatrix"], name="exprMatrix")
-    X.data = 0 * X.data + np.expm1(X.data.astype(np.float64) * np.log(2.0)).astype(np.float32)  # 2**x - 1 (0 stays 0)
+    X.data = np.expm1(X.data.astype(np.float64) * np.log(2.0)).astype(np.float32)  # 2**x - 1 (0 stays 0)
     meta = pd.read_csv(paths["meta"], sep="\t", dtype={"individual": str})
     for col in ("cell", "individual", "cluster", "diagnosis"):
         if col not in meta.columns:

@@ -31,7 +31,8 @@ PRESETS: dict[str, dict] = {
         "fec": {"w_recon": 2000.0, "w_gen": 1.0, "w_class": 1.0},
         "re": {"w_recon": 110.0, "w_clus": 0.1},
         "schedule": {"learning_rate": 1e-3, "batch_size": 512, "max_epochs": None, "max_steps": 2000,
-                     "min_epochs": 10, "patience": 10},
+                     "min_epochs": 10, "patience": 10,
+                     "patience_steps": 400},
         "description": "scmedal_lite default: paper's architecture and weights (AML), faster schedule.",
     },
     "paper": {

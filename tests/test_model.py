@@ -1,0 +1,177 @@
+"""Behaviour of the user-facing model on synthetic data with a planted batch effect (known answer)."""
+
+import warnings
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.decomposition import PCA
+
+import scmedal_lite as sm
+from scmedal_lite.metrics import knn_same_batch_fraction
+from sklearn.metrics import silhouette_score
+
+SMALL = dict(hidden=[64, 32], latent_dim=8)
+
+
+def test_shapes_and_history(trained, synth):
+    assert trained.get_latent("fe").shape == (synth.n_obs, 8)
+    assert trained.get_latent("re").shape == (synth.n_obs, 8)
+    assert trained.get_reconstruction(kind="fe").shape == synth.shape
+    for kind in ("fe", "re"):
+        hist = trained.history[kind]
+        assert {"loss", "val_loss", "recon_loss"} <= set(hist.columns)
+        assert hist["val_recon_loss"].iloc[-1] < hist["val_recon_loss"].iloc[0]
+        assert trained.trained[kind]["best_epoch"] == int(hist["val_loss"].idxmin())
+
+
+def test_fe_mixes_batches_better_than_pca_and_re_separates_them(trained, synth):
+    test = (synth.obs["split"] == "test").to_numpy()
+    x = trained.scale(synth)
+    pca = PCA(8, random_state=0).fit(x[trained.train_mask]).transform(x[test])
+    fe, re = trained.get_latent("fe")[test], trained.get_latent("re")[test]
+    batch = synth.obs["batch"].to_numpy()[test]
+    knn = {name: knn_same_batch_fraction(e, batch, k=15)[0] for name, e in [("pca", pca), ("fe", fe), ("re", re)]}
+    asw = {name: silhouette_score(e, batch) for name, e in [("pca", pca), ("fe", fe), ("re", re)]}
+    assert knn["fe"] < knn["pca"] - 0.03, knn
+    assert asw["fe"] < asw["pca"], asw
+    assert asw["re"] > asw["pca"] + 0.05 and asw["re"] > asw["fe"] + 0.1, asw
+
+
+def test_counterfactual_to_own_batch_is_the_reconstruction(trained, synth):
+    cells = synth[synth.obs["batch"] == "batch2"][:40]
+    recon = trained.get_reconstruction(cells, kind="re")
+    for mode in ("full", "decoder"):
+        cf = trained.counterfactual(cells, batch="batch2", mode=mode)
+        np.testing.assert_allclose(cf.X, recon, rtol=1e-4, atol=1e-4)
+    assert list(cf.var_names) == list(synth.var_names)
+    assert (cf.obs["target_batch"] == "batch2").all()
+
+
+def test_counterfactual_moves_planted_genes_the_right_way(trained, synth):
+    planted = synth.uns["planted"]
+    source, target = "batch0", "batch3"
+    cells = synth[synth.obs["batch"] == source]
+    own = trained.get_reconstruction(cells, kind="re")
+    cf = trained.counterfactual(cells, batch=target).X
+    shift = pd.Series((cf - own).mean(axis=0), index=synth.var_names)
+    expected = pd.Series(0.0, index=synth.var_names)
+    for b, sign in ((target, 1.0), (source, -1.0)):
+        for gene, s in zip(planted[b]["genes"], planted[b]["signs"]):
+            expected[gene] += sign * s
+    moved = expected[expected != 0]
+    agree = np.sign(shift[moved.index]) == np.sign(moved)
+    assert agree.mean() >= 0.8, pd.DataFrame({"shift": shift[moved.index], "expected": moved})
+    unplanted = shift[expected == 0].abs().mean()
+    assert shift[moved.index].abs().mean() > 1.5 * unplanted
+
+
+def test_counterfactual_modes_differ_and_units_are_log_expression(trained, synth):
+    cells = synth[synth.obs["batch"] == "batch0"][:30]
+    full = trained.counterfactual(cells, batch="batch1", mode="full").X
+    dec = trained.counterfactual(cells, batch="batch1", mode="decoder").X
+    assert not np.allclose(full, dec)
+    scaled = trained.counterfactual(cells, batch="batch1", scaled=True).X
+    lo, hi = float(synth.X.min()), float(synth.X.max())
+    np.testing.assert_allclose(full, scaled * (hi - lo) + lo, rtol=1e-4, atol=1e-4)
+
+
+def test_counterfactual_several_batches_and_streaming_file(trained, synth, tmp_path):
+    cells = synth[:25]
+    stacked = trained.counterfactual(cells, batch=["batch0", "batch1"])
+    assert stacked.n_obs == 50 and list(stacked.obs["target_batch"].cat.categories) == ["batch0", "batch1"]
+    path = trained.write_counterfactuals(str(tmp_path / "cf.h5"), cells, ["batch0", "batch1"], chunk_size=7,
+                                         progress=False)
+    with h5py.File(path) as f:
+        values = f["counterfactuals"][:]
+        assert [b.decode() for b in f["batches"][:]] == ["batch0", "batch1"]
+    np.testing.assert_allclose(values[1], stacked[stacked.obs["target_batch"] == "batch1"].X, rtol=1e-5)
+    with pytest.raises(sm.InputError, match="unknown to the model"):
+        trained.counterfactual(cells, batch="nope")
+
+
+def test_iter_counterfactuals_memory_is_bounded_by_chunk(trained, synth):
+    sizes = {values.shape for _, _, values in trained.iter_counterfactuals(synth, chunk_size=100)}
+    assert max(s[0] for s in sizes) <= 100
+
+
+def test_unseen_batch_rules(trained, synth):
+    cells = synth[:20].copy()
+    cells.obs["batch"] = pd.Categorical(["new_sample"] * 20)
+    with pytest.warns(sm.UnseenBatchWarning, match="never saw"):
+        mean = trained.get_latent("re", cells, unseen="mean")
+    with pytest.warns(sm.UnseenBatchWarning):
+        prior = trained.get_latent("re", cells, unseen="prior")
+    assert mean.shape == prior.shape == (20, 8) and np.isfinite(mean).all()
+    assert not np.allclose(mean, prior)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        trained.get_latent("fe", cells)          # FE needs no batch: no warning
+
+
+def test_save_load_gives_identical_latents(trained, synth, tmp_path):
+    path = trained.save(str(tmp_path / "run"))
+    again = sm.SCMEDAL.load(path, synth)
+    for kind in ("fe", "re"):
+        np.testing.assert_array_equal(again.get_latent(kind), trained.get_latent(kind))
+    assert again.batch_categories == trained.batch_categories
+    pd.testing.assert_frame_equal(again.history["re"], trained.history["re"], check_dtype=False,
+                                  check_index_type=False)
+    with pytest.raises(sm.InputError, match="already exists"):
+        trained.save(path)
+
+
+def test_load_checks_genes(trained, synth, tmp_path):
+    path = trained.save(str(tmp_path / "run"))
+    with pytest.raises(sm.InputError, match="missing"):
+        sm.SCMEDAL.load(path, synth[:, :30].copy())
+
+
+def test_same_seed_same_result_and_different_seed_differs(synth):
+    def run(seed):
+        m = sm.SCMEDAL(synth, "batch", "celltype", seed=seed, **SMALL)
+        m.train(max_epochs=3, progress=False)
+        return m.get_latent("fe"), m.get_latent("re")
+
+    a, b, c = run(0), run(0), run(1)
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+    assert not np.allclose(a[0], c[0])
+
+
+def test_faithful_trains_all_epochs_without_early_stopping(synth):
+    m = sm.SCMEDAL(synth, "batch", "celltype", **SMALL)
+    m.train(max_epochs=4, which=("fe",), faithful=True, patience=1, progress=False)
+    assert m.trained["fe"]["epochs_run"] == 4 and m.trained["fe"]["early_stopping"] is False
+
+
+def test_early_stopping_stops_and_restores_best(synth):
+    m = sm.SCMEDAL(synth, "batch", "celltype", **SMALL)
+    m.train(max_epochs=400, which=("re",), patience=2, learning_rate=0.05, progress=False)
+    info, hist = m.trained["re"], m.history["re"]
+    assert info["epochs_run"] < 400
+    assert info["epochs_run"] - info["best_epoch"] == 2
+    val = m.networks["re"].loss_terms(m._inputs("re", synth, m.val_mask), False)["loss"]
+    assert float(val) == pytest.approx(hist["val_loss"].min(), rel=1e-3)
+
+
+def test_step_budget_gives_small_data_more_epochs(synth):
+    m = sm.SCMEDAL(synth, "batch", "celltype")
+    assert m.epochs_for(600, 512) > m.epochs_for(60_000, 512)
+    assert m.epochs_for(60_000, 512) >= m.config["schedule"]["min_epochs"]
+
+
+def test_fec_head_and_paper_presets(synth):
+    m = sm.SCMEDAL(synth, "batch", "celltype", fec=True, preset="AML", **SMALL)
+    assert m.config["fec"] == {"w_recon": 2000.0, "w_gen": 0.5, "w_class": 3.0}
+    m.train(max_epochs=2, which=("fe",), progress=False)
+    assert {"class_loss", "class_acc", "adv_acc"} <= set(m.history["fe"].columns)
+    with pytest.raises(sm.InputError, match="Unknown preset"):
+        sm.SCMEDAL(synth, "batch", preset="XYZ")
+
+
+def test_random_effects_table(trained):
+    table = trained.random_effects()
+    assert set(table["batch"]) == set(trained.batch_categories)
+    assert (table["mean_sd"] > 0).all() and table["layer"].nunique() == 10

@@ -1,0 +1,103 @@
+"""Network-level tests: the adversary step touches only adversary weights; losses as specified."""
+
+import keras
+import numpy as np
+import pytest
+
+from scmedal_lite.networks import AutoEncoder, FixedEffectsAE, RandomEffectsAE
+
+
+@pytest.fixture
+def data():
+    rng = np.random.default_rng(0)
+    x = rng.random((64, 20)).astype("float32")
+    z = np.eye(3, dtype="float32")[rng.integers(0, 3, 64)]
+    return x, z
+
+
+def snapshot(weights):
+    return [np.asarray(w).copy() for w in weights]
+
+
+def changed(before, weights):
+    return [not np.allclose(b, np.asarray(w)) for b, w in zip(before, weights)]
+
+
+def test_adversary_step_updates_only_the_adversary(data):
+    x, z = data
+    net = FixedEffectsAE(20, 3, hidden=(16, 8), latent_dim=4)
+    net.build()
+    net.compile(keras.optimizers.Adam(1e-2), keras.optimizers.Adam(1e-2))
+    adv = net.adversary.trainable_weights
+    ae = net._ae_weights()
+    adv_before, ae_before = snapshot(adv), snapshot(ae)
+    net.adversary_step(x, z)
+    assert all(changed(adv_before, adv))
+    assert not any(changed(ae_before, ae))
+
+
+def test_autoencoder_step_leaves_the_adversary_alone(data):
+    x, z = data
+    net = FixedEffectsAE(20, 3, hidden=(16, 8), latent_dim=4)
+    net.build()
+    net.compile(keras.optimizers.Adam(1e-2), keras.optimizers.Adam(1e-2))
+    weights = net._ae_weights()
+    before = snapshot(weights)
+    with_adv = snapshot(net.adversary.trainable_weights)
+    import tensorflow as tf
+    with tf.GradientTape() as tape:
+        loss = net.loss_terms((x, z), True)["loss"]
+    net.optimizer.apply_gradients(zip(tape.gradient(loss, weights), weights))
+    assert any(changed(before, weights))
+    assert not any(changed(with_adv, net.adversary.trainable_weights))
+
+
+def test_fe_loss_is_recon_minus_adversary(data):
+    x, z = data
+    net = FixedEffectsAE(20, 3, hidden=(16, 8), latent_dim=4, w_recon=7.0, w_gen=2.0)
+    net.build()
+    out = net.loss_terms((x, z), False)
+    assert float(out["loss"]) == pytest.approx(7.0 * float(out["recon_loss"]) - 2.0 * float(out["adv_loss"]),
+                                               rel=1e-5)
+
+
+def test_fe_tied_decoder_has_no_kernels_of_its_own():
+    net = FixedEffectsAE(20, 3, hidden=(16, 8), latent_dim=4)
+    net.build()
+    names = [w.path for w in net.decoder.trainable_weights]
+    assert names and all(n.endswith("bias") for n in names)
+
+
+def test_re_loss_has_mean_kl_and_no_kl_at_validation(data):
+    x, z = data
+    net = RandomEffectsAE(20, 3, hidden=(16, 8), latent_dim=4, w_recon=110.0, w_clus=0.1, seed=0)
+    net.build()
+    train = net.loss_terms((x, z), True)
+    assert float(train["kl"]) > 0
+    assert len(net.encoder.losses) == 4 and len(net.decoder.losses) == 6     # 2 per CSB block
+    expected_kl = np.mean([float(v) for v in net.encoder.losses]) + np.mean([float(v) for v in net.decoder.losses])
+    assert float(train["kl"]) == pytest.approx(expected_kl, rel=1e-5)
+    val = net.loss_terms((x, z), False)
+    assert float(val["kl"]) == 0.0
+    assert float(val["loss"]) == pytest.approx(110 * float(val["recon_loss"]) + 0.1 * float(val["batch_loss"]),
+                                               rel=1e-5)
+
+
+def test_re_double_selu_switch(data):
+    x, z = data
+    a = RandomEffectsAE(20, 3, hidden=(16, 8), latent_dim=4, double_selu=True, seed=0)
+    b = RandomEffectsAE(20, 3, hidden=(16, 8), latent_dim=4, double_selu=False, seed=0)
+    a.build(), b.build()
+    assert a.decoder.dense[0].activation.__name__ == "selu"
+    assert b.decoder.dense[0].activation.__name__ == "linear"
+
+
+def test_autoencoder_trains_down(data):
+    x, _ = data
+    net = AutoEncoder(20, hidden=(16, 8), latent_dim=4)
+    net.build()
+    net.compile(keras.optimizers.Adam(1e-2))
+    first = float(net.loss_terms((x,), False)["loss"])
+    for _ in range(50):
+        net.train_step(((x,),))
+    assert float(net.loss_terms((x,), False)["loss"]) < first

@@ -33,7 +33,8 @@ from scipy import sparse
 from . import __version__
 from .io import atomic_dir, atomic_write
 from .networks import AutoEncoder, FixedEffectsAE, RandomEffectsAE
-from .pp import SPLIT_KEY, apply_minmax, fit_minmax, invert_minmax
+from .pp import SPLIT_KEY, invert_minmax
+from .rows import OneHotRows, ScaledRows, stream_minmax
 from .presets import ARCHITECTURE, get_preset
 from .training import fit_network, seed_everything
 from .validate import InputError, as_int, check_adata, check_batches, check_choice, check_obs_key
@@ -123,7 +124,7 @@ class SCMEDAL:
             raise InputError(f"The training cells cover a single batch of {batch_key!r}; at least two are needed.")
         self.label_categories = (sorted(pd.unique(adata.obs[labels_key].astype(str)))
                                  if labels_key is not None else None)
-        self.scaling = fit_minmax(self._raw_matrix(adata)[self.train_mask], mode=scaling)
+        self.scaling = stream_minmax(self._matrix(adata), np.flatnonzero(self.train_mask), mode=scaling)
         self.networks: dict[str, keras.Model] = {}
         self.history: dict[str, pd.DataFrame] = {}
         self.trained: dict[str, dict] = {}
@@ -145,27 +146,48 @@ class SCMEDAL:
         val = rng.random(adata.n_obs) < 0.1
         return ~val, val
 
-    def _raw_matrix(self, adata):
-        X = adata.layers[self.layer] if self.layer is not None else adata.X
-        if not (isinstance(X, np.ndarray) or sparse.issparse(X)):   # backed: read it in
-            X = X[:]
-        return X
+    def _matrix(self, adata):
+        """The expression matrix (dense, sparse or backed), not read into memory."""
+        return adata.layers[self.layer] if self.layer is not None else adata.X
 
-    def _align_genes(self, adata):
+    def _columns(self, adata) -> np.ndarray | None:
+        """Column positions of the model's genes in ``adata`` (None when they already match)."""
         names = pd.Index(adata.var_names.astype(str))
         if names.equals(self.var_names):
-            return adata
+            return None
         missing = self.var_names.difference(names)
         if len(missing):
             raise InputError(f"{len(missing)} of the model's {len(self.var_names)} genes are missing from this "
                              f"AnnData, e.g. {list(missing[:10])}. Use the same genes the model was set up "
                              "with (same preprocessing and HVG selection).")
-        return adata[:, self.var_names.tolist()]
+        if not names.is_unique:
+            raise InputError("Duplicate gene names; call adata.var_names_make_unique() first.")
+        return names.get_indexer(self.var_names)
+
+    def rows(self, adata, rows: np.ndarray | None = None) -> ScaledRows:
+        """A lazy, scaled view of ``adata``'s cells (all, or positions ``rows``) for streaming minibatches."""
+        rows = np.arange(adata.n_obs) if rows is None else np.asarray(rows)
+        return ScaledRows(self._matrix(adata), rows, self.scaling, self._columns(adata))
 
     def scale(self, adata=None) -> np.ndarray:
         """The min–max-scaled input the networks see (cells × model genes), dense float32."""
-        adata = self._align_genes(self.adata if adata is None else adata)
-        return apply_minmax(self._raw_matrix(adata), self.scaling)
+        return self.rows(self.adata if adata is None else adata).dense()
+
+    def _batch_codes(self, batches, unseen: str = "mean") -> np.ndarray:
+        """Position of each cell's batch in ``batch_categories``; -1 (with a warning) for unseen batches."""
+        check_choice("unseen", unseen, UNSEEN_RULES)
+        batches = np.asarray(batches, dtype=str)
+        codes = pd.Index(self.batch_categories).get_indexer(batches)
+        if (codes < 0).any():
+            new = sorted(set(batches[codes < 0]))
+            warnings.warn(f"{(codes < 0).sum()} cells come from {len(new)} batches the model never saw "
+                          f"({new[:5]}{'...' if len(new) > 5 else ''}); their random effects use the "
+                          f"'{unseen}' rule.", UnseenBatchWarning, stacklevel=4)
+        return codes
+
+    def _unseen_row(self, unseen):
+        K = len(self.batch_categories)
+        return np.full(K, 1.0 / K if unseen == "mean" else 0.0, dtype="float32")
 
     def design(self, batches, *, unseen: str = "mean") -> np.ndarray:
         """One-hot batch design ``z`` for the RE network; batches it never saw follow the unseen rule.
@@ -173,28 +195,8 @@ class SCMEDAL:
         ``unseen="mean"`` uses the average of the known batches' random effects (``z = 1/K``);
         ``"prior"`` uses the prior mean, i.e. no random effect (``z = 0``). Emits :class:`UnseenBatchWarning`.
         """
-        check_choice("unseen", unseen, UNSEEN_RULES)
-        batches = np.asarray(batches, dtype=str)
-        index = pd.Index(self.batch_categories).get_indexer(batches)
-        K = len(self.batch_categories)
-        z = np.zeros((len(batches), K), dtype="float32")
-        known = index >= 0
-        z[np.flatnonzero(known), index[known]] = 1.0
-        if not known.all():
-            new = sorted(set(batches[~known]))
-            warnings.warn(f"{(~known).sum()} cells come from {len(new)} batches the model never saw "
-                          f"({new[:5]}{'...' if len(new) > 5 else ''}); their random effects use the "
-                          f"'{unseen}' rule.", UnseenBatchWarning, stacklevel=3)
-            if unseen == "mean":
-                z[~known] = 1.0 / K
-        return z
-
-    def _labels_onehot(self, adata):
-        labels = adata.obs[self.labels_key].astype(str).to_numpy()
-        index = pd.Index(self.label_categories).get_indexer(labels)
-        y = np.zeros((len(labels), len(self.label_categories)), dtype="float32")
-        y[np.flatnonzero(index >= 0), index[index >= 0]] = 1.0
-        return y
+        codes = self._batch_codes(batches, unseen)
+        return OneHotRows(codes, len(self.batch_categories), self._unseen_row(unseen))[np.arange(len(codes))]
 
     # ------------------------------------------------------------------ networks
     def _build(self, kind: str) -> keras.Model:
@@ -216,13 +218,17 @@ class SCMEDAL:
         return net
 
     def _inputs(self, kind, adata, mask, unseen="mean"):
-        sub = adata[mask] if mask is not None else adata
-        x = self.scale(sub)
+        """Row sources (streamed, never densified whole) for the network ``kind`` on cells ``mask``."""
+        rows = np.flatnonzero(mask)
+        x = self.rows(adata, rows)
         if kind == "ae":
             return (x,)
-        z = self.design(sub.obs[self.batch_key].astype(str).to_numpy(), unseen=unseen)
+        obs = adata.obs.iloc[rows]
+        codes = self._batch_codes(obs[self.batch_key].astype(str).to_numpy(), unseen)
+        z = OneHotRows(codes, len(self.batch_categories), self._unseen_row(unseen))
         if kind == "fe" and self.config["fec_head"]:
-            return (x, z, self._labels_onehot(sub))
+            labels = pd.Index(self.label_categories).get_indexer(obs[self.labels_key].astype(str).to_numpy())
+            return (x, z, OneHotRows(labels, len(self.label_categories)))
         return (x, z)
 
     # ------------------------------------------------------------------ training
@@ -305,18 +311,19 @@ class SCMEDAL:
         return self.networks[kind]
 
     def _chunks(self, adata, chunk_size):
-        adata = self._align_genes(adata)
+        """Yield ``(obs, scaled x)`` for consecutive chunks of cells."""
+        source = self.rows(adata)
         for start in range(0, adata.n_obs, chunk_size):
-            sub = adata[start:start + chunk_size]
-            yield sub, apply_minmax(self._raw_matrix(sub), self.scaling)
+            stop = min(start + chunk_size, adata.n_obs)
+            yield adata.obs.iloc[start:stop], source[np.arange(start, stop)]
 
     def _predict(self, fn, adata, chunk_size, needs_z=False, unseen="mean", z_override=None):
         adata = self.adata if adata is None else adata
         out = []
-        for sub, x in self._chunks(adata, chunk_size):
+        for obs, x in self._chunks(adata, chunk_size):
             if needs_z:
                 z = z_override if z_override is not None else \
-                    self.design(sub.obs[self.batch_key].astype(str).to_numpy(), unseen=unseen)
+                    self.design(obs[self.batch_key].astype(str).to_numpy(), unseen=unseen)
                 if z.shape[0] != x.shape[0]:
                     z = np.broadcast_to(z[:1], (x.shape[0], z.shape[1]))
                 out.append(np.asarray(fn(x, z)))
@@ -333,8 +340,10 @@ class SCMEDAL:
         """
         net = self._net(kind)
         if kind == "re":
-            return self._predict(lambda x, z: net.encode(x, z, training=False), adata, chunk_size, True, unseen)
-        return self._predict(lambda x: net.encode(x, training=False), adata, chunk_size)
+            fn = self._compiled("re:encode", lambda x, z: net.encode(x, z, training=False))
+            return self._predict(fn, adata, chunk_size, True, unseen)
+        return self._predict(self._compiled(f"{kind}:encode", lambda x: net.encode(x, training=False)),
+                             adata, chunk_size)
 
     def get_reconstruction(self, adata: anndata.AnnData | None = None, kind: str = "fe", *, scaled: bool = False,
                            unseen: str = "mean", chunk_size: int = 8192) -> np.ndarray:
@@ -342,16 +351,20 @@ class SCMEDAL:
         ``scaled=True``. RE reconstructions use each cell's own batch."""
         net = self._net(kind)
         if kind == "re":
-            recon = self._predict(lambda x, z: net((x, z), training=False), adata, chunk_size, True, unseen)
+            fn = self._compiled("re:call", lambda x, z: net((x, z), training=False))
+            recon = self._predict(fn, adata, chunk_size, True, unseen)
         else:
-            recon = self._predict(lambda x: net(x, training=False), adata, chunk_size)
+            recon = self._predict(self._compiled(f"{kind}:call", lambda x: net(x, training=False)), adata,
+                                  chunk_size)
         return recon if scaled else invert_minmax(recon, self.scaling)
 
-    def _counterfactual_fn(self, mode):
-        net = self._net("re")
-        if mode == "full":
-            return lambda x, z_true, z_b: net.decode(net.encode(x, z_b), z_b)
-        return lambda x, z_true, z_b: net.decode(net.encode(x, z_true), z_b)
+    def _compiled(self, name, fn):
+        """Cache of compiled (graph-mode) inference functions, traced once per input signature."""
+        cache = self.__dict__.setdefault("_fn_cache", {})
+        key = (name, id(self.networks.get(name.split(":")[0])))
+        if key not in cache:
+            cache[key] = tf.function(fn, reduce_retracing=True)
+        return cache[key]
 
     def iter_counterfactuals(self, adata: anndata.AnnData, batches: Sequence[str] | None = None, *,
                              mode: str = "full", scaled: bool = False, chunk_size: int = 4096,
@@ -370,21 +383,23 @@ class SCMEDAL:
             raise InputError(f"Target batches {unknown[:5]} are unknown to the model; counterfactuals are only "
                              f"defined for the {len(self.batch_categories)} training batches "
                              f"(model.batch_categories).")
-        fn = self._counterfactual_fn(mode)
+        net = self._net("re")
+        encode = self._compiled("re:encode", lambda x, z: net.encode(x, z, training=False))
+        decode = self._compiled("re:decode", lambda h, z: net.decode(h, z, training=False))
         K = len(self.batch_categories)
-        adata = self._align_genes(adata)
         bar = _maybe_tqdm(progress, total=len(batches) * adata.n_obs, desc="counterfactuals", unit="cell")
-        for start in range(0, adata.n_obs, chunk_size):
-            sub = adata[start:start + chunk_size]
-            x = apply_minmax(self._raw_matrix(sub), self.scaling)
-            z_true = self.design(sub.obs[self.batch_key].astype(str).to_numpy()) if mode == "decoder" else None
+        start = 0
+        for obs, x in self._chunks(adata, chunk_size):
+            if mode == "decoder":             # the cell's own latent, computed once per chunk
+                latent = encode(x, self.design(obs[self.batch_key].astype(str).to_numpy()))
             for b in batches:
                 z_b = np.zeros((x.shape[0], K), "float32")
                 z_b[:, self.batch_categories.index(b)] = 1.0
-                values = np.asarray(fn(x, z_true, z_b))
+                values = np.asarray(decode(encode(x, z_b) if mode == "full" else latent, z_b))
                 yield b, slice(start, start + x.shape[0]), values if scaled else invert_minmax(values, self.scaling)
                 if bar is not None:
                     bar.update(x.shape[0])
+            start += x.shape[0]
         if bar is not None:
             bar.close()
 
@@ -398,7 +413,6 @@ class SCMEDAL:
         :meth:`iter_counterfactuals` or :meth:`write_counterfactuals`, whose memory stays bounded.
         """
         batches = [batch] if isinstance(batch, str) else list(batch)
-        adata = self._align_genes(adata)
         blocks = {b: np.empty((adata.n_obs, len(self.var_names)), "float32") for b in batches}
         for b, cells, values in self.iter_counterfactuals(adata, batches, mode=mode, scaled=scaled,
                                                           chunk_size=chunk_size):
@@ -422,7 +436,7 @@ class SCMEDAL:
         ``batches``, ``cells`` and ``genes``. Written whole or not at all (temporary name, then renamed)."""
         import h5py
 
-        adata = self._align_genes(adata)
+        self._columns(adata)                      # fail early if genes are missing
         batches = list(self.batch_categories if batches is None else batches)
         with atomic_write(path) as tmp:
             with h5py.File(tmp, "w") as f:
@@ -509,7 +523,7 @@ class SCMEDAL:
         self.adata = None
         if adata is not None:
             check_adata(adata)
-            self._align_genes(adata)       # raises if genes are missing
+            self._columns(adata)           # raises if genes are missing
             self.adata = adata
         self.networks, self.history = {}, {}
         for kind in setup["trained"]:

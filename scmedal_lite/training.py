@@ -63,20 +63,33 @@ class Checkpointer:
     def _optimizers(self):
         return [o for o in (self.net.optimizer, getattr(self.net, "adv_optimizer", None)) if o is not None]
 
+    def _rng_states(self):
+        """Random-generator states (keras SeedGenerator): in ``net.variables`` but not in the weights file."""
+        weights = {id(w) for w in self.net.weights}
+        return [v for v in self.net.variables if id(v) not in weights]
+
     def save(self, epoch: int, history: list[dict], stopper: "EarlyStopper") -> None:
-        with atomic_write(self._path("weights.weights.h5")) as tmp:
+        # Files are named by epoch and state.json (written last) names them: a run killed between two writes
+        # leaves state.json pointing at the previous epoch's complete pair, never at a mix of two epochs.
+        weights, arrays_file = f"weights-{epoch}.weights.h5", f"state-{epoch}.npz"
+        with atomic_write(self._path(weights)) as tmp:
             _save_weights(self.net, tmp)
         arrays = {f"o{i}_{j}": keras.ops.convert_to_numpy(v)
                   for i, opt in enumerate(self._optimizers()) for j, v in enumerate(opt.variables)}
         if stopper.best_weights is not None:
             arrays.update({f"best_{j}": w for j, w in enumerate(stopper.best_weights)})
-        with atomic_write(self._path("state.npz")) as tmp:
+        arrays.update({f"rng_{j}": keras.ops.convert_to_numpy(v) for j, v in enumerate(self._rng_states())})
+        with atomic_write(self._path(arrays_file)) as tmp:
             with open(tmp, "wb") as f:
                 np.savez(f, **arrays)
         with atomic_write(self._path("state.json")) as tmp:
             with open(tmp, "w") as f:
                 json.dump({"epochs_done": epoch, "history": history, "best": stopper.best,
-                           "best_epoch": stopper.best_epoch, "wait": stopper.wait}, f)
+                           "best_epoch": stopper.best_epoch, "wait": stopper.wait,
+                           "weights": weights, "arrays": arrays_file}, f)
+        for name in os.listdir(self.folder):          # the previous epoch's pair, now superseded
+            if name.startswith(("weights-", "state-")) and name not in (weights, arrays_file):
+                os.remove(self._path(name))
 
     def restore(self, stopper: "EarlyStopper") -> tuple[int, list[dict]]:
         """Load the last checkpoint if there is one; returns (epochs done, history so far)."""
@@ -84,12 +97,17 @@ class Checkpointer:
             return 0, []
         with open(self._path("state.json")) as f:
             state = json.load(f)
-        self.net.load_weights(self._path("weights.weights.h5"))
-        saved = np.load(self._path("state.npz"))
+        for i, opt in enumerate(self._optimizers()):   # built on the variables each optimiser updates
+            opt.build(getattr(self.net, "_ae_weights", lambda: self.net.trainable_variables)() if i == 0
+                      else self.net.adversary.trainable_variables)
+        self.net.load_weights(self._path(state.get("weights", "weights.weights.h5")))
+        saved = np.load(self._path(state.get("arrays", "state.npz")), allow_pickle=False)
         for i, opt in enumerate(self._optimizers()):
-            opt.build(self.net.trainable_variables if i == 0 else self.net.adversary.trainable_variables)
             for j, var in enumerate(opt.variables):
                 var.assign(saved[f"o{i}_{j}"])
+        for j, var in enumerate(self._rng_states()):
+            if f"rng_{j}" in saved:
+                var.assign(saved[f"rng_{j}"])
         stopper.best, stopper.best_epoch, stopper.wait = state["best"], state["best_epoch"], state["wait"]
         best = [saved[f"best_{j}"] for j in range(len(self.net.weights)) if f"best_{j}" in saved]
         stopper.best_weights = best or None
@@ -145,6 +163,8 @@ def fit_network(net: keras.Model, train: Sequence, val: Sequence, *, epochs: int
     stopper = EarlyStopper(patience, enabled=early_stopping)
     ckpt = Checkpointer(checkpoint_dir, net) if checkpoint_dir else None
     start, history = ckpt.restore(stopper) if ckpt else (0, [])
+    if stopper.enabled and stopper.wait >= stopper.patience:     # the checkpointed run had stopped early
+        start = max(start, epochs)
     n_train, n_val = _n_rows(train), _n_rows(val)
     bar = None
     if progress:

@@ -152,7 +152,8 @@ def test_early_stopping_stops_and_restores_best(synth):
     info, hist = m.trained["re"], m.history["re"]
     assert info["epochs_run"] < 400
     assert info["epochs_run"] - info["best_epoch"] == 2
-    val = m.networks["re"].loss_terms(m._inputs("re", synth, m.val_mask), False)["loss"]
+    sources = m._inputs("re", synth, m.val_mask)
+    val = m.networks["re"].loss_terms(tuple(src[np.arange(src.shape[0])] for src in sources), False)["loss"]
     assert float(val) == pytest.approx(hist["val_loss"].min(), rel=1e-3)
 
 

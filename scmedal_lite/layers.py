@@ -121,12 +121,12 @@ class RandomEffects(keras.layers.Layer):
             log_q = -ops.log(scale) - 0.5 * ops.square((w - self.loc) / scale)
             log_p = -math.log(self.prior_scale) - 0.5 * ops.square(w) / prior_var
             kl = log_q - log_p          # the 0.5*log(2*pi) constants cancel
-        return self.kl_weight * ops.sum(kl)
+        return self.kl_weight * ops.sum(ops.cast(kl, "float32"))
 
     def call(self, z, training=False):
         if training:
             scale = self.posterior_scale()
-            eps = keras.random.normal(ops.shape(self.loc), seed=self.seed_generator)
+            eps = keras.random.normal(ops.shape(self.loc), dtype=scale.dtype, seed=self.seed_generator)
             w = self.loc + scale * eps
             self.add_loss(self._kl(w, scale))
         else:

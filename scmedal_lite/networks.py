@@ -22,15 +22,21 @@ from keras import layers, ops
 
 from .layers import ClusterScaleBias, TiedDenseTranspose
 
-_cce = keras.losses.CategoricalCrossentropy()
+def _f32(t):
+    return ops.cast(t, "float32")
+
+
+def _cce(y, p):
+    """Mean categorical cross-entropy, computed in float32 (also under a mixed-precision policy)."""
+    return ops.mean(keras.losses.categorical_crossentropy(_f32(y), _f32(p)))
 
 
 def _mse(x, x_hat):
-    return ops.mean(ops.square(x - x_hat))
+    return ops.mean(ops.square(_f32(x) - _f32(x_hat)))
 
 
 def _mean_of(losses):
-    return ops.mean(ops.stack(losses)) if losses else 0.0
+    return ops.mean(ops.stack([_f32(v) for v in losses])) if losses else 0.0
 
 
 class Encoder(layers.Layer):

@@ -23,7 +23,7 @@ import pandas as pd
 
 log = logging.getLogger(__name__)
 
-__all__ = ["umap", "plot_umaps", "plot_history", "plot_random_effects", "plot_mec", "category_colors"]
+__all__ = ["umap", "plot_umaps", "plot_history", "plot_random_effects", "plot_batch_uncertainty", "plot_mec", "category_colors"]
 
 #: Categories beyond this number are drawn without a legend (the colours alone show the mixing).
 MAX_LEGEND = 20
@@ -158,6 +158,23 @@ def plot_random_effects(table: pd.DataFrame, *, top: int | None = 30):
     ax2.set_ylabel("mean posterior s.d.")
     ax2.set_title("magnitude vs. uncertainty (one dot per batch)", fontsize=10)
     ax2.legend(fontsize=6, frameon=False)
+    return fig
+
+
+def plot_batch_uncertainty(table: pd.DataFrame, cells_per_batch: pd.Series):
+    """Posterior s.d. of each batch's random effects (mean over layers and units) against its number of
+    training cells (``cells_per_batch``: a Series indexed by batch). One dot per batch, log-scaled x."""
+    from matplotlib.figure import Figure
+
+    sd = table.groupby("batch")["mean_sd"].mean()
+    size = pd.Series(cells_per_batch).rename(index=str).reindex(sd.index.astype(str))
+    fig = Figure(figsize=(4.8, 3.6), layout="constrained")
+    ax = fig.subplots()
+    ax.scatter(size.to_numpy(dtype=float), sd.to_numpy(), s=14)
+    ax.set_xscale("log")
+    ax.set_xlabel("training cells in the batch")
+    ax.set_ylabel("mean posterior s.d.")
+    ax.set_title("uncertainty of the random effects", fontsize=10)
     return fig
 
 

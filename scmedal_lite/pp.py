@@ -38,7 +38,7 @@ def prepare(adata: AnnData, *, batch_key: str | None = None, n_top_genes: int = 
     here: the model fits it on its training cells (see :class:`scmedal_lite.SCMEDAL`).
     Settings are recorded in ``adata.uns["scmedal"]["prepare"]``. Returns ``adata``.
     """
-    check_adata(adata, expect="counts")
+    check_adata(adata, expect="counts", in_memory=True)
     if batch_key is not None:
         check_obs_key(adata, batch_key, role="batch_key")
     sc.pp.filter_cells(adata, min_genes=min_genes)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from collections.abc import Sequence
 
 import keras
@@ -171,6 +172,7 @@ def fit_network(net: keras.Model, train: Sequence, val: Sequence, *, epochs: int
         from tqdm.auto import tqdm
         bar = tqdm(total=epochs, initial=start, desc=f"{label} epochs".strip(), unit="epoch")
     for epoch in range(start + 1, epochs + 1):
+        tic = time.perf_counter()
         order = np.random.default_rng([seed, epoch]).permutation(n_train)
         net.reset_metrics()
         for i in range(0, n_train, batch_size):
@@ -182,6 +184,7 @@ def fit_network(net: keras.Model, train: Sequence, val: Sequence, *, epochs: int
             index = np.arange(i, min(i + eval_batch_size, n_val))
             val_logs = test_step((tuple(take_rows(a, index) for a in val),))
         logs.update({f"val_{k}": float(v) for k, v in val_logs.items()})
+        logs["seconds"] = time.perf_counter() - tic
         history.append(logs)
         stop = stopper.update(epoch, logs, net)
         if ckpt:

@@ -48,16 +48,7 @@ QUICK_EPOCHS = 8
 KINDS = ("fe", "re", "ae")
 #: Minimum cells a batch keeps when quick mode subsamples.
 MIN_BATCH_CELLS = 20
-#: Environment variables the parameters cells read (nbmake and jupyter-book cannot pass parameters).
-ENV = {"quick": "SCMEDAL_QUICK", "output_dir": "SCMEDAL_OUTPUT_DIR", "model_dir": "SCMEDAL_MODEL_DIR",
-       "data_path": "SCMEDAL_DATA_PATH", "max_epochs": "SCMEDAL_MAX_EPOCHS"}
-DEFAULT_OUTPUT_DIR = "scmedal_outputs"
-
-
-def env(name: str, default=None):
-    """The value of the environment variable behind parameter ``name`` (see :data:`ENV`), or ``default``."""
-    value = os.environ.get(ENV[name])
-    return default if value in (None, "") else value
+DEFAULT_OUTPUT_DIR = "outputs"
 
 
 def _optional(value):
@@ -99,13 +90,14 @@ class Params:
         max_epochs = _optional(max_epochs)
         output_dir = _optional(output_dir) or DEFAULT_OUTPUT_DIR
         model_dir = _optional(model_dir)
+        output_dir = os.path.abspath(os.path.expanduser(str(output_dir)))
+        model_dir = os.path.join(output_dir, "model") if model_dir is None else model_dir
         return cls(
             data_path=data_path, batch_key=str(batch_key), label_key=str(label_key),
             condition_key=None if condition_key is None else str(condition_key),
             max_epochs=None if max_epochs is None else as_int("max_epochs", max_epochs, minimum=1),
             seed=as_int("seed", seed, minimum=0), quick=as_bool("quick", quick),
-            output_dir=os.path.abspath(os.path.expanduser(str(output_dir))),
-            model_dir=None if model_dir is None else os.path.abspath(os.path.expanduser(str(model_dir))),
+            output_dir=output_dir, model_dir=os.path.abspath(os.path.expanduser(str(model_dir))),
             notebook=str(notebook))
 
     @property
@@ -119,6 +111,12 @@ class Params:
         """A path under ``output_dir`` (folders are created)."""
         path = os.path.join(self.output_dir, *parts)
         os.makedirs(os.path.dirname(path), exist_ok=True)
+        return path
+
+    def folder(self, *parts: str) -> str:
+        """A folder under ``output_dir`` (created)."""
+        path = os.path.join(self.output_dir, *parts)
+        os.makedirs(path, exist_ok=True)
         return path
 
     def describe(self) -> pd.DataFrame:

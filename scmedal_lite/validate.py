@@ -1,15 +1,21 @@
 """Input checks that turn bad input into a clear error before anything heavy starts.
 
 Every check raises :class:`InputError` (a ``ValueError``) whose message names the problem and the fix.
+``book/bad_inputs.md`` lists every bad input and the message it gets.
 
 Example
 -------
 >>> check_obs_key(adata, "donor", role="batch_key")     # doctest: +SKIP
 InputError: batch_key 'donor' is not a column of adata.obs; columns are: ['sample_id', 'cond_group', ...]
+>>> as_int("max_epochs", "50")                         # papermill and the CLI pass strings
+50
 """
 
 from __future__ import annotations
 
+import ast
+import math
+import numbers
 import os
 import warnings
 
@@ -20,21 +26,41 @@ from scipy import sparse
 
 MIN_CELLS_PER_BATCH = 10
 
+#: Largest seed: ``keras.utils.set_random_seed`` seeds NumPy's legacy generator, which takes 32 bits.
+MAX_SEED = 2**32 - 1
+
+#: ``backed`` modes :func:`read_h5ad` accepts: in memory, or read-only on disk (never ``"r+"``).
+READ_MODES = (None, "r")
+
+_BLOCK_ROWS = 8192          # rows read at a time when scanning a matrix for NaN / negative values
+_SAMPLE_VALUES = 200_000    # values looked at to guess counts versus log-normalised data
+
 
 class InputError(ValueError):
     """Bad input: the message says what is wrong and how to fix it."""
 
 
+# ---------------------------------------------------------------------------------------------- files
+
 def read_h5ad(path, *, backed: str | None = None) -> AnnData:
-    """Read an ``.h5ad`` file read-only, with clear errors for a missing, wrong-type or unreadable file."""
+    """Read an ``.h5ad`` file without ever writing to it, with clear errors for a missing, wrong-type,
+    unreadable or empty file. ``backed="r"`` leaves ``X`` on disk (read-only); ``"r+"`` is refused."""
     import anndata
 
-    path = os.fspath(path)
+    if backed not in READ_MODES:
+        raise InputError(f"backed must be None (read into memory) or 'r' (read-only on disk), got {backed!r}; "
+                         "scmedal_lite never opens your data for writing.")
+    try:
+        path = os.fspath(path)
+    except TypeError:
+        raise InputError(f"path must be a file path (str), got {type(path).__name__}: {path!r}.") from None
     if not os.path.exists(path):
         raise InputError(f"File not found: {path!r}. Check the path (relative paths start at {os.getcwd()!r}).")
-    if os.path.isdir(path) or not path.endswith(".h5ad"):
+    if os.path.isdir(path) or not path.lower().endswith(".h5ad"):
         raise InputError(f"{path!r} is not an .h5ad file. Convert it first, e.g. "
                          "`sc.read_10x_mtx(...).write_h5ad('data.h5ad')` or `anndata.read_csv(...)`.")
+    if os.path.getsize(path) == 0:
+        raise InputError(f"{path!r} is an empty file (0 bytes); was it written completely?")
     try:
         adata = anndata.read_h5ad(path, backed=backed)
     except Exception as err:  # h5py/anndata raise many types for corrupt files
@@ -44,46 +70,96 @@ def read_h5ad(path, *, backed: str | None = None) -> AnnData:
     return adata
 
 
-def check_adata(adata, *, expect: str | None = None) -> None:
-    """Check ``adata`` is a non-empty AnnData with finite values; warn when values look unlike ``expect``.
+# ---------------------------------------------------------------------------------------------- matrices
 
-    ``expect`` is ``"counts"`` (raw integer counts), ``"log"`` (log-normalised) or ``None`` (no check).
+def check_adata(adata, *, expect: str | None = None, layer: str | None = None, in_memory: bool = False) -> None:
+    """Check ``adata`` is a non-empty AnnData with unique gene names and finite, non-negative values.
+
+    The values checked are ``adata.layers[layer]`` (``X`` when ``layer`` is None), all of them (backed
+    matrices are read in blocks of rows). ``expect`` is ``"counts"`` (raw integer counts), ``"log"``
+    (log-normalised) or ``None`` (no check): values that look unlike it give a ``UserWarning``.
+    ``in_memory=True`` refuses a backed AnnData (for steps that change the data in place).
     """
     if not isinstance(adata, AnnData):
         raise InputError(f"Expected an AnnData object, got {type(adata).__name__}. "
                          "Read your file with scmedal_lite.read_h5ad(path) or anndata.read_h5ad(path).")
+    check_choice("expect", expect, (None, "counts", "log"))
+    if in_memory and adata.isbacked:
+        raise InputError("This step changes the data in place and needs them in memory; the AnnData is backed "
+                         f"by {adata.filename!r} (read-only). Use adata = adata.to_memory() first; the file "
+                         "itself is never modified.")
     if adata.n_obs == 0 or adata.n_vars == 0:
         raise InputError(f"The AnnData is empty ({adata.n_obs} cells x {adata.n_vars} genes); "
                          "subset it to a non-empty selection.")
     if not adata.var_names.is_unique:
         dup = adata.var_names[adata.var_names.duplicated()].unique()[:5].tolist()
         raise InputError(f"Duplicate gene names, e.g. {dup}. Call adata.var_names_make_unique() first.")
-    values = _sample_values(adata.X)
-    if values.size == 0:
+    if layer is not None:
+        if layer not in adata.layers:
+            raise InputError(f"layer {layer!r} is not in adata.layers; layers are: {list(adata.layers)}.")
+        X, where = adata.layers[layer], f"adata.layers[{layer!r}]"
+    else:
+        X, where = adata.X, "adata.X"
+    if X is None:
+        raise InputError(f"{where} is empty (None); put the expression matrix in X or pass layer=.")
+    values = _scan_values(X, where)
+    if values.size == 0 or expect is None:
         return
-    if not np.isfinite(values).all():
-        raise InputError("adata.X contains NaN or infinite values; remove or impute them first "
-                         "(e.g. adata.X = np.nan_to_num(adata.X)).")
-    if (values < 0).any():
-        raise InputError("adata.X contains negative values: it looks already scaled or centred. "
-                         "scMEDAL needs counts (for sm.pp.prepare) or log-normalised expression (>= 0).")
-    looks_counts = np.allclose(values, np.round(values)) and values.max() > 20
-    if expect == "counts" and not looks_counts:
-        warnings.warn("adata.X does not look like raw counts (non-integer or small values): it may be "
+    counts = looks_like_counts(values)
+    if expect == "counts" and not counts:
+        warnings.warn(f"{where} does not look like raw counts (non-integer or small values): it may be "
                       "normalised or log-transformed already. sm.pp.prepare normalises and log-transforms; "
                       "skip it if your data are log-normalised.", UserWarning, stacklevel=3)
-    if expect == "log" and looks_counts:
-        warnings.warn("adata.X looks like raw counts (integers, max > 20). Run sm.pp.prepare(adata) first, "
-                      "or pass layer= a log-normalised layer.", UserWarning, stacklevel=3)
+    if expect == "log" and counts:
+        warnings.warn(f"{where} looks like raw counts (integers, max > 20), but scMEDAL expects "
+                      "log-normalised expression. Run sm.pp.prepare(adata) first, or pass layer= a "
+                      "log-normalised layer.", UserWarning, stacklevel=3)
 
 
-def _sample_values(X, n: int = 200_000) -> np.ndarray:
-    if hasattr(X, "shape") and not sparse.issparse(X) and not isinstance(X, np.ndarray):
-        X = X[: min(X.shape[0], 2000)]           # backed dataset: read a slice only
-        X = X.toarray() if sparse.issparse(X) else np.asarray(X)
-    data = X.data if sparse.issparse(X) else np.asarray(X).ravel()
-    return np.asarray(data[:n], dtype="float64")
+def looks_like_counts(values) -> bool:
+    """True when ``values`` (a sample of a matrix's entries) are non-negative integers with a maximum above 20."""
+    values = np.asarray(values, dtype="float64")
+    return bool(values.size and (values >= 0).all() and np.allclose(values, np.round(values))
+                and values.max() > 20)
 
+
+def _row_blocks(X):
+    """The stored values of ``X`` block by block (sparse: the non-zeros; backed: read ``_BLOCK_ROWS`` rows
+    at a time, so memory stays bounded)."""
+    if sparse.issparse(X):
+        yield X.data
+        return
+    n = X.shape[0] if len(getattr(X, "shape", ())) else 0
+    for start in range(0, max(n, 1), _BLOCK_ROWS):
+        block = X[start:start + _BLOCK_ROWS]
+        yield block.data if sparse.issparse(block) else np.asarray(block)
+
+
+def _scan_values(X, where: str) -> np.ndarray:
+    """Check every value of ``X`` is a finite, non-negative number; returns a sample for :func:`looks_like_counts`."""
+    sample, kept = [], 0
+    for block in _row_blocks(X):
+        block = np.asarray(block)
+        if block.dtype.kind not in "biuf":
+            raise InputError(f"{where} has dtype {block.dtype}; expression values must be numbers "
+                             f"(convert with {where} = {where}.astype('float32')).")
+        if block.dtype.kind == "f":
+            bad = ~np.isfinite(block)
+            if bad.any():
+                raise InputError(f"{where} contains NaN or infinite values (at least {int(bad.sum())}); "
+                                 "remove or impute them first (e.g. adata.X = np.nan_to_num(adata.X)).")
+        if block.size and block.min() < 0:
+            raise InputError(f"{where} contains negative values (min {float(block.min()):.4g}): it looks already "
+                             "scaled or centred. scMEDAL needs counts (for sm.pp.prepare) or log-normalised "
+                             "expression (>= 0); use the unscaled data, e.g. adata.raw or a counts layer.")
+        if kept < _SAMPLE_VALUES:
+            part = block.ravel()[: _SAMPLE_VALUES - kept]
+            sample.append(part)
+            kept += part.size
+    return np.concatenate(sample).astype("float64") if sample else np.zeros(0)
+
+
+# ---------------------------------------------------------------------------------------------- obs columns
 
 def check_obs_key(adata: AnnData, key: str, *, role: str, allow_missing: bool = False) -> None:
     """Check that ``key`` is an ``obs`` column without missing values."""
@@ -113,48 +189,193 @@ def check_batches(adata: AnnData, batch_key: str, *, min_cells: int = MIN_CELLS_
     return counts
 
 
+# ---------------------------------------------------------------------------------------------- parameters
+
 def check_choice(name: str, value, choices) -> None:
-    if value not in choices:
+    try:
+        ok = bool(value in choices)
+    except (TypeError, ValueError):        # unhashable value, or an array compared element-wise
+        ok = False
+    if not ok:
         raise InputError(f"{name} must be one of {list(choices)}, got {value!r}.")
 
 
-def as_int(name: str, value, *, minimum: int | None = None) -> int:
-    """Parse an integer parameter (papermill passes strings) and check its range."""
-    try:
-        if isinstance(value, bool):
-            raise TypeError
-        as_float = float(value)
-        out = int(as_float)
-        if out != as_float:
-            raise TypeError
-    except (TypeError, ValueError):
-        raise InputError(f"{name} must be an integer, got {value!r}.") from None
+def as_int(name: str, value, *, minimum: int | None = None, maximum: int | None = None) -> int:
+    """Parse an integer parameter (papermill passes strings: ``"50"``, ``"5e2"``, ``"50.0"``) and check its range.
+
+    Returns the int, or raises :class:`InputError`; never another exception.
+    """
+    out = None
+    if isinstance(value, (bool, np.bool_)):
+        out = None
+    elif isinstance(value, numbers.Integral):
+        out = int(value)
+    elif isinstance(value, (str, bytes)):
+        text = value.decode(errors="replace") if isinstance(value, bytes) else value
+        try:
+            out = int(text)                # exact for long digit strings
+        except ValueError:
+            out = _whole_number(text)
+    elif isinstance(value, numbers.Real):
+        out = _whole_number(value)
+    if out is None:
+        raise InputError(f"{name} must be an integer, got {value!r}.")
     if minimum is not None and out < minimum:
         raise InputError(f"{name} must be >= {minimum}, got {out}.")
+    if maximum is not None and out > maximum:
+        raise InputError(f"{name} must be <= {maximum}, got {out}.")
     return out
 
 
-def as_float(name: str, value, *, minimum: float | None = None, exclusive: bool = False) -> float:
-    """Parse a float parameter (strings accepted) and check its range."""
+def _whole_number(value) -> int | None:
+    """``value`` as an int when it is a finite whole number (``5.0``, ``"5e2"``), else None."""
     try:
-        if isinstance(value, bool):
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return int(number) if math.isfinite(number) and number.is_integer() else None
+
+
+def as_seed(name: str, value) -> int:
+    """A random seed: an integer in ``0 .. 2**32 - 1``."""
+    return as_int(name, value, minimum=0, maximum=MAX_SEED)
+
+
+def as_float(name: str, value, *, minimum: float | None = None, exclusive: bool = False,
+             maximum: float | None = None) -> float:
+    """Parse a float parameter (strings accepted) and check it is finite and in range.
+
+    Returns the float, or raises :class:`InputError`; never another exception.
+    """
+    try:
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (str, bytes, numbers.Real)):
             raise TypeError
         out = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise InputError(f"{name} must be a number, got {value!r}.") from None
-    if not np.isfinite(out):
+    if not math.isfinite(out):
         raise InputError(f"{name} must be finite, got {value!r}.")
     if minimum is not None and (out <= minimum if exclusive else out < minimum):
         raise InputError(f"{name} must be {'>' if exclusive else '>='} {minimum}, got {out}.")
+    if maximum is not None and out > maximum:
+        raise InputError(f"{name} must be <= {maximum}, got {out}.")
     return out
 
 
+_TRUE, _FALSE = ("true", "yes", "1", "on"), ("false", "no", "0", "off")
+
+
 def as_bool(name: str, value) -> bool:
-    """Parse a boolean parameter; accepts true/false/yes/no/1/0 strings (papermill, CLI)."""
+    """Parse a boolean parameter; accepts true/false/yes/no/on/off/1/0 strings (papermill, CLI)."""
     if isinstance(value, (bool, np.bool_)):
         return bool(value)
     if isinstance(value, (int, np.integer)) and value in (0, 1):
         return bool(value)
-    if isinstance(value, str) and value.strip().lower() in ("true", "yes", "1", "false", "no", "0"):
-        return value.strip().lower() in ("true", "yes", "1")
+    if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+        return value.strip().lower() in _TRUE
     raise InputError(f"{name} must be true or false, got {value!r}.")
+
+
+def as_int_list(name: str, value, *, minimum: int | None = 1) -> list[int]:
+    """A list of integers from a list / tuple, or from text such as ``"512,132"`` or ``"[512, 132]"``."""
+    items = value
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith(("[", "(")):
+            try:
+                items = ast.literal_eval(text)          # literals only: never runs code
+            except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+                raise InputError(f"{name} must be a list of integers such as [512, 132], got {value!r}.") from None
+        else:
+            items = [t for t in text.replace(";", ",").split(",") if t.strip()]
+    if isinstance(items, (int, np.integer)) and not isinstance(items, bool):
+        items = [items]
+    if not isinstance(items, (list, tuple, np.ndarray)) or len(items) == 0:
+        raise InputError(f"{name} must be a non-empty list of integers such as [512, 132], got {value!r}.")
+    return [as_int(f"{name}[{i}]", v, minimum=minimum) for i, v in enumerate(items)]
+
+
+#: Keys and types of the ``schedule`` part of a preset (see :mod:`scmedal_lite.presets`).
+SCHEDULE_TYPES = {"learning_rate": "float>0", "batch_size": "int>=1", "max_epochs": "int>=1|None",
+                  "max_steps": "int>=1|None", "min_epochs": "int>=1", "patience": "int>=1",
+                  "patience_steps": "int>=0"}
+
+
+def parse_settings(part: str, values, defaults: dict) -> dict:
+    """Check user overrides of one preset part (``fe``, ``fec``, ``re``: loss weights >= 0; ``schedule``).
+
+    Unknown keys are refused (they would otherwise fail deep inside training); values may be strings.
+    """
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise InputError(f"{part} must be a dict of settings, e.g. {{{next(iter(defaults))!r}: ...}}; "
+                         f"got {type(values).__name__}: {values!r}.")
+    unknown = sorted(set(values) - set(defaults))
+    if unknown:
+        raise InputError(f"Unknown {part} settings {unknown}; valid: {sorted(defaults)}.")
+    out = {}
+    for key, v in values.items():
+        label = f"{part}[{key!r}]"
+        kind = SCHEDULE_TYPES.get(key, "float>=0") if part == "schedule" else "float>=0"
+        if kind.endswith("|None") and (v is None or (isinstance(v, str) and v.strip().lower() in ("", "none"))):
+            out[key] = None
+        elif kind.startswith("int"):
+            out[key] = as_int(label, v, minimum=int(kind.split(">=")[1].split("|")[0]))
+        elif kind == "float>0":
+            out[key] = as_float(label, v, minimum=0.0, exclusive=True)
+        else:
+            out[key] = as_float(label, v, minimum=0.0)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- saved models
+
+#: ``setup.json`` fields and their JSON types; :func:`check_setup` refuses anything else.
+SETUP_FIELDS = {"format_version": int, "batch_key": str, "labels_key": (str, type(None)),
+                "layer": (str, type(None)), "genes": list, "batch_categories": list,
+                "label_categories": (list, type(None)), "scaling": dict, "config": dict, "seed": int,
+                "trained": dict}
+
+
+def check_setup(setup, path: str, kinds) -> None:
+    """Check a saved model's ``setup.json`` (already parsed as JSON, which never runs code) has the fields,
+    types and network names this version writes; anything unexpected is an :class:`InputError`."""
+    where = f"{path!r} (setup.json)"
+    if not isinstance(setup, dict):
+        raise InputError(f"{where} is not a saved scmedal_lite model: it holds a {type(setup).__name__}, "
+                         "not an object. Save the model again.")
+    for key, kind in SETUP_FIELDS.items():
+        if key not in setup:
+            raise InputError(f"{where} is incomplete: field {key!r} is missing. Save the model again.")
+        if not isinstance(setup[key], kind) or isinstance(setup[key], bool):
+            raise InputError(f"{where} is malformed: {key!r} has type {type(setup[key]).__name__}. "
+                             "Save the model again.")
+    for key in ("genes", "batch_categories"):
+        if not all(isinstance(g, str) for g in setup[key]) or len(set(setup[key])) != len(setup[key]):
+            raise InputError(f"{where} is malformed: {key!r} must be a list of distinct strings.")
+    if len(setup["batch_categories"]) < 2 or not setup["genes"]:
+        raise InputError(f"{where} is malformed: it needs genes and at least two batches.")
+    unknown = sorted(set(setup["trained"]) - set(kinds))
+    if unknown:
+        raise InputError(f"{where} names unknown networks {unknown}; valid: {list(kinds)}. Save the model again.")
+    if not all(isinstance(info, dict) for info in setup["trained"].values()):
+        raise InputError(f"{where} is malformed: 'trained' must map network names to objects.")
+    cfg = setup["config"]
+    try:
+        as_int_list("config['hidden']", cfg["hidden"])
+        as_int("config['latent_dim']", cfg["latent_dim"], minimum=1)
+        for part in ("fe", "fec", "re", "schedule"):
+            if not isinstance(cfg[part], dict):
+                raise InputError(f"config[{part!r}] must be an object")
+    except (KeyError, TypeError, InputError) as err:
+        raise InputError(f"{where} is malformed: config is not what this version writes ({err}). "
+                         "Save the model again.") from None
+    scaling = setup["scaling"]
+    if scaling.get("mode") not in ("global", "gene") or not all(
+            isinstance(scaling.get(k), list) and all(isinstance(v, (int, float)) for v in scaling[k])
+            for k in ("min", "max")):
+        raise InputError(f"{where} is malformed: scaling must be {{'mode', 'min', 'max'}} numbers.")
+    n = 1 if scaling["mode"] == "global" else len(setup["genes"])
+    if len(scaling["min"]) != n or len(scaling["max"]) != n:
+        raise InputError(f"{where} is malformed: scaling has {len(scaling['min'])} values, expected {n}.")

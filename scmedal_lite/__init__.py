@@ -18,6 +18,10 @@ _os.environ.setdefault("POT_BACKEND_DISABLE_PYTORCH", "1")
 
 __version__ = "0.1.0"
 
+import logging as _logging  # noqa: E402
+
+_logging.getLogger("tensorflow").setLevel(_logging.ERROR)   # retracing chatter from per-fold models
+
 from . import baselines, classify, datasets, genomaps, metrics, paper_data, pp  # noqa: E402
 from .model import SCMEDAL, UnseenBatchWarning  # noqa: E402
 from .validate import InputError, read_h5ad  # noqa: E402

@@ -15,6 +15,7 @@ Example
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -265,7 +266,7 @@ class SCMEDAL:
     def train(self, max_epochs: int | None = None, *, which: Sequence[str] = ("fe", "re"),
               early_stopping: bool = True, faithful: bool = False, patience: int | None = None,
               batch_size: int | None = None, learning_rate: float | None = None, seed: int | None = None,
-              progress: bool = True, checkpoint_dir: str | None = None) -> "SCMEDAL":
+              progress: bool = True, checkpoint_dir: str | None = None, strategy=None) -> "SCMEDAL":
         """Train the networks named in ``which`` (``"fe"``, ``"re"``, ``"ae"``; default FE then RE).
 
         Early stopping watches ``val_loss``, the total validation loss each network really logs, and restores
@@ -273,7 +274,10 @@ class SCMEDAL:
         optimisation steps, whichever is longer (small data sets have few steps per epoch). ``faithful=True`` reproduces the authors' code instead: FE and RE train all
         ``max_epochs`` and keep the final weights (their early stopping watched a metric that did not exist).
         ``max_epochs=None`` takes the preset's budget (see :meth:`epochs_for`). With ``checkpoint_dir`` the
-        state is saved after every epoch and an interrupted call resumes from it. Returns ``self``.
+        state is saved after every epoch and an interrupted call resumes from it. ``strategy``: a
+        ``tf.distribute`` strategy (e.g. ``tf.distribute.MirroredStrategy()`` over several GPUs) for
+        data-parallel training; each minibatch of ``batch_size`` cells is split across its replicas.
+        Returns ``self``.
         """
         sched = self.config["schedule"]
         batch_size = as_int("batch_size", sched["batch_size"] if batch_size is None else batch_size, minimum=1)
@@ -294,7 +298,8 @@ class SCMEDAL:
             check_choice("which", kind, KINDS)
         for kind in which:
             self._train_one(kind, epochs, batch_size, lr, patience, seed,
-                            early_stopping and not (faithful and kind in ("fe", "re")), progress, checkpoint_dir)
+                            early_stopping and not (faithful and kind in ("fe", "re")), progress, checkpoint_dir,
+                            strategy)
         return self
 
     def train_fe(self, max_epochs=None, **kwargs):
@@ -305,20 +310,25 @@ class SCMEDAL:
         """Train the random-effects network only (see :meth:`train`)."""
         return self.train(max_epochs, which=("re",), **kwargs)
 
-    def _train_one(self, kind, epochs, batch_size, lr, patience, seed, early_stopping, progress, checkpoint_dir):
+    def _train_one(self, kind, epochs, batch_size, lr, patience, seed, early_stopping, progress, checkpoint_dir,
+                   strategy=None):
         seed_everything(seed)
-        net = self._build(kind)
-        if kind == "fe":
-            net.compile(optimizer=keras.optimizers.Adam(lr), adv_optimizer=keras.optimizers.Adam(lr))
-        else:
-            net.compile(optimizer=keras.optimizers.Adam(lr))
+        scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
+        with scope:
+            net = self._build(kind)
+            if kind == "fe":
+                net.compile(optimizer=keras.optimizers.Adam(lr), adv_optimizer=keras.optimizers.Adam(lr))
+                net.adv_optimizer.build(net.adversary.trainable_variables)
+            else:
+                net.compile(optimizer=keras.optimizers.Adam(lr))
+            net.optimizer.build(net.trainable_variables)
         train = self._inputs(kind, self.adata, self.train_mask)
         val = self._inputs(kind, self.adata, self.val_mask)
         folder = os.path.join(checkpoint_dir, kind) if checkpoint_dir else None
         start = time.perf_counter()
         history, best = fit_network(net, train, val, epochs=epochs, batch_size=batch_size, seed=seed,
                                     early_stopping=early_stopping, patience=patience, progress=progress,
-                                    label=kind.upper(), checkpoint_dir=folder)
+                                    label=kind.upper(), checkpoint_dir=folder, strategy=strategy)
         elapsed = time.perf_counter() - start
         self.networks[kind], self.history[kind] = net, history
         self.trained[kind] = {"epochs_run": int(history.index[-1]), "best_epoch": best, "seconds": elapsed,

@@ -101,6 +101,9 @@ class _TrackedModel(keras.Model):
     """Base with named ``Mean`` trackers; subclasses list their loss names in ``loss_names``."""
 
     loss_names: tuple[str, ...] = ("loss",)
+    #: Multiplies the loss before differentiation; data-parallel training sets it to 1/replicas because
+    #: replica gradients are summed.
+    grad_scale: float = 1.0
 
     def _init_trackers(self):
         self.trackers = {n: keras.metrics.Mean(name=n) for n in self.loss_names}
@@ -167,7 +170,8 @@ class AutoEncoder(_TrackedModel):
         inputs = data[0]
         with tf.GradientTape() as tape:
             out = self.loss_terms(inputs, True)
-        grads = tape.gradient(out["loss"], self.trainable_weights)
+            scaled = out["loss"] * self.grad_scale
+        grads = tape.gradient(scaled, self.trainable_weights)
         self.optimizer.apply_gradients(zip(grads, self.trainable_weights))
         return self._record(inputs, out)
 
@@ -237,8 +241,9 @@ class FixedEffectsAE(AutoEncoder):
         h = ops.stop_gradient(self._adversary_input(x, True))
         with tf.GradientTape() as tape:
             loss = _cce(z, self.adversary(h, training=True))
+            scaled = loss * self.grad_scale
         weights = self.adversary.trainable_weights
-        self.adv_optimizer.apply_gradients(zip(tape.gradient(loss, weights), weights))
+        self.adv_optimizer.apply_gradients(zip(tape.gradient(scaled, weights), weights))
         return loss
 
     def train_step(self, data):
@@ -247,7 +252,8 @@ class FixedEffectsAE(AutoEncoder):
         weights = self._ae_weights()
         with tf.GradientTape() as tape:
             out = self.loss_terms(inputs, True)
-        self.optimizer.apply_gradients(zip(tape.gradient(out["loss"], weights), weights))
+            scaled = out["loss"] * self.grad_scale
+        self.optimizer.apply_gradients(zip(tape.gradient(scaled, weights), weights))
         return self._record(inputs, out)
 
     def test_step(self, data):
@@ -372,7 +378,8 @@ class RandomEffectsAE(_TrackedModel):
         inputs = data[0]
         with tf.GradientTape() as tape:
             out = self.loss_terms(inputs, True)
-        grads = tape.gradient(out["loss"], self.trainable_weights)
+            scaled = out["loss"] * self.grad_scale
+        grads = tape.gradient(scaled, self.trainable_weights)
         self.optimizer.apply_gradients(zip(grads, self.trainable_weights))
         return self._record(inputs, out)
 

@@ -131,7 +131,7 @@ def plot_history(history: Mapping[str, pd.DataFrame], *, columns: Sequence[str] 
 def plot_random_effects(table: pd.DataFrame, *, top: int | None = 30):
     """Per-batch random effects from :meth:`scmedal_lite.SCMEDAL.random_effects`.
 
-    Left: mean |posterior mean| per batch and layer (heatmap, batches sorted by their average magnitude);
+    Left: mean absolute posterior mean per batch and layer (heatmap, batches sorted by their average magnitude);
     right: the posterior s.d. against the magnitude, one dot per batch and layer. ``top`` keeps the batches
     with the largest average magnitude (None: all).
     """

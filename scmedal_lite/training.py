@@ -148,19 +148,44 @@ class EarlyStopper:
                 w.assign(value)
 
 
+def _steps(net, strategy, jit_compile):
+    """Compiled train and test steps; with a ``tf.distribute`` strategy each minibatch is split over replicas."""
+    if strategy is None:
+        return (tf.function(net.train_step, jit_compile=jit_compile, reduce_retracing=True),
+                tf.function(net.test_step, jit_compile=jit_compile, reduce_retracing=True))
+    n = strategy.num_replicas_in_sync
+    net.grad_scale = 1.0 / n
+
+    def distributed(step):
+        @tf.function(reduce_retracing=True)
+        def run(per_replica):
+            logs = strategy.run(step, args=((per_replica,),))
+            return {k: strategy.reduce("MEAN", v, axis=None) for k, v in logs.items()}
+
+        def call(data):
+            arrays = data[0]
+            per_replica = strategy.experimental_distribute_values_from_function(
+                lambda ctx: tuple(a[ctx.replica_id_in_sync_group::n] for a in arrays))
+            return run(per_replica)
+        return call
+
+    return distributed(net.train_step), distributed(net.test_step)
+
+
 def fit_network(net: keras.Model, train: Sequence, val: Sequence, *, epochs: int, batch_size: int = 512,
                 seed: int = 0, early_stopping: bool = True, patience: int = 30, progress: bool = True,
                 label: str = "", checkpoint_dir: str | None = None, jit_compile: bool = False,
-                eval_batch_size: int = 8192) -> tuple[pd.DataFrame, int]:
+                eval_batch_size: int = 8192, strategy=None) -> tuple[pd.DataFrame, int]:
     """Train a compiled scmedal_lite network; returns (per-epoch history, best epoch).
 
-    ``train`` and ``val`` are tuples of row sources (dense arrays, sparse matrices, or objects with
+    With ``strategy`` (a ``tf.distribute`` strategy whose scope built and compiled ``net``), every minibatch
+    is split across the replicas and their gradients are summed (data parallelism on several GPUs or CPU
+    devices). ``train`` and ``val`` are tuples of row sources (dense arrays, sparse matrices, or objects with
     ``shape`` and ``__getitem__(index_array)``) in the order the network's ``train_step`` expects.
     Epoch ``e`` shuffles with ``np.random.default_rng([seed, e])``. With ``early_stopping`` the best weights
     by ``val_loss`` are restored at the end; otherwise the final weights are kept.
     """
-    train_step = tf.function(net.train_step, jit_compile=jit_compile, reduce_retracing=True)
-    test_step = tf.function(net.test_step, jit_compile=jit_compile, reduce_retracing=True)
+    train_step, test_step = _steps(net, strategy, jit_compile)
     stopper = EarlyStopper(patience, enabled=early_stopping)
     ckpt = Checkpointer(checkpoint_dir, net) if checkpoint_dir else None
     start, history = ckpt.restore(stopper) if ckpt else (0, [])

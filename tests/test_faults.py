@@ -9,7 +9,7 @@
   outputs intact (never a torn file or folder); rerunning gives complete, correct outputs.
 * The input files are never modified (sha256 before / after everything, including the killed runs).
 
-Everything is tiny (300 cells x 30 genes, hidden [32, 16], 5 epochs of 4 minibatches).
+Everything is tiny (300 cells x 30 genes, hidden [16], 5 epochs of 4 minibatches).
 """
 
 import hashlib
@@ -30,7 +30,7 @@ import pytest
 
 import scmedal_lite as sm
 
-ARCH = dict(hidden=[32, 16], latent_dim=8, seed=0)
+ARCH = dict(hidden=[16], latent_dim=4, seed=0)
 TRAIN = dict(max_epochs=5, batch_size=64, patience=50, progress=False)
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -24,7 +24,7 @@ from scmedal_lite import validate
 from scmedal_lite.validate import (MIN_CELLS_PER_BATCH, InputError, as_bool, as_float, as_int, as_int_list, as_seed,
                                    check_adata, check_batches, check_obs_key, parse_settings)
 
-SMALL = dict(hidden=[32, 16], latent_dim=8)
+SMALL = dict(hidden=[16], latent_dim=4)
 PROPS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
@@ -58,7 +58,7 @@ def backed(log_adata, tmp_path_factory):
 @pytest.fixture(scope="module")
 def model(backed):
     """A tiny RE model set up and trained on the backed AnnData, with parameters given as strings (papermill)."""
-    m = sm.SCMEDAL(backed, "batch", "celltype", seed="0", fec="false", hidden="32,16", latent_dim="8")
+    m = sm.SCMEDAL(backed, "batch", "celltype", seed="0", fec="false", hidden="16", latent_dim="4")
     return m.train(max_epochs="2", which="re", batch_size="64", learning_rate="1e-3", early_stopping="false",
                    progress="no")
 
@@ -450,9 +450,9 @@ def test_matrix_checks_find_any_bad_value(n, bad, where, dense):
 
 def test_backed_anndata_setup_train_latent_counterfactual(model, backed, log_adata):
     assert backed.isbacked and model.trained["re"]["epochs_run"] == 2
-    assert model.trained["re"]["early_stopping"] is False and model.config["hidden"] == [32, 16]
+    assert model.trained["re"]["early_stopping"] is False and model.config["hidden"] == [16]
     latent = model.get_latent("re")
-    assert latent.shape == (backed.n_obs, 8) and np.isfinite(latent).all()
+    assert latent.shape == (backed.n_obs, 4) and np.isfinite(latent).all()
     np.testing.assert_array_equal(model.get_latent("re", log_adata), latent)   # in memory: the same numbers
     cf = model.counterfactual(backed[:30], batch="batch1")
     np.testing.assert_array_equal(cf.X, model.counterfactual(log_adata[:30], batch="batch1").X)
@@ -506,7 +506,7 @@ def test_unseen_batch_at_apply_time_uses_the_rule_and_warns(model, log_adata):
     for unseen in ("mean", "prior"):
         with pytest.warns(sm.UnseenBatchWarning, match=f"never saw.*'{unseen}' rule"):
             z = model.get_latent("re", cells, unseen=unseen)
-        assert z.shape == (20, 8) and np.isfinite(z).all()
+        assert z.shape == (20, 4) and np.isfinite(z).all()
     with pytest.warns(sm.UnseenBatchWarning):
         cf = model.counterfactual(cells, "batch0", mode="decoder")
     assert np.isfinite(cf.X).all()
@@ -557,7 +557,7 @@ def test_saved_model_loads(saved, model, log_adata):
 
 
 def test_saved_model_folder_problems(saved, tmp_path, log_adata):
-    raises("No saved model at .* not a directory", sm.SCMEDAL.load, tmp_path / "elsewhere")
+    raises("No saved model at .*not a directory", sm.SCMEDAL.load, tmp_path / "elsewhere")
     raises("genes are missing", sm.SCMEDAL.load, saved, log_adata[:, 5:].copy())
     os.remove(os.path.join(saved, "re.weights.h5"))
     raises("incomplete: re.weights.h5 is missing", sm.SCMEDAL.load, saved)

@@ -19,7 +19,7 @@ plt.rcParams.update({"svg.fonttype": "none", "font.family": "DejaVu Sans", "svg.
 BLUE, ORANGE, GREY, GREEN, RED = "#dbe8f6", "#fbe3cc", "#eeeeee", "#dff0d8", "#f8d7da"
 
 
-def box(ax, x, y, w, h, text, color, fontsize=8.5, bold=False):
+def box(ax, x, y, w, h, text, color, fontsize=9.5, bold=False):
     ax.add_patch(FancyBboxPatch((x - w / 2, y - h / 2), w, h, boxstyle="round,pad=0.02,rounding_size=0.08",
                                 fc=color, ec="0.35", lw=0.9))
     ax.text(x, y, text, ha="center", va="center", fontsize=fontsize, weight="bold" if bold else "normal")
@@ -30,7 +30,7 @@ def arrow(ax, a, b, style="-|>", color="0.3", ls="-", rad=0.0):
                                  connectionstyle=f"arc3,rad={rad}", shrinkA=2, shrinkB=2))
 
 
-def chain(ax, y, items, x0=0.7, dx=1.45, w=1.2, h=0.62):
+def chain(ax, y, items, x0=0.68, dx=1.45, w=1.3, h=0.72):
     xs = []
     for i, (text, color) in enumerate(items):
         x = x0 + i * dx
@@ -42,7 +42,7 @@ def chain(ax, y, items, x0=0.7, dx=1.45, w=1.2, h=0.62):
 
 
 def main():
-    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(11, 7.6))
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(10, 8.4))
     for ax in (ax1, ax2):
         ax.set_xlim(0, 11.7)
         ax.set_ylim(0, 4)
@@ -50,34 +50,34 @@ def main():
 
     # ---------------------------------------------------------------- fixed effects
     ax1.set_title("scMEDAL-FE: fixed-effects autoencoder with a batch adversary (batch-invariant latent)",
-                  fontsize=11, loc="left")
+                  fontsize=12, loc="left")
     items = [("x\ncells × genes", GREY), ("Dense 512\nBN · SELU", BLUE), ("Dense 132\nBN · SELU", BLUE),
-             ("Dense 50\nSELU", BLUE), ("latent\nX_scMEDAL_FE", GREEN), ("132\n(tied Wᵀ)", BLUE),
+             ("Dense 50\nSELU", BLUE), ("FE latent\n50-d", GREEN), ("132\n(tied Wᵀ)", BLUE),
              ("512\n(tied Wᵀ)", BLUE), ("x̂\nlinear", GREY)]
     xs = chain(ax1, 2.9, items)
-    box(ax1, xs[2], 1.0, 3.3, 0.75, "adversary: concat(h₅₁₂, h₁₃₂, latent)\n→ 512 ReLU → 132 ReLU → softmax(batch)",
+    box(ax1, xs[2] - 0.1, 1.0, 4.2, 0.85, "adversary: concat(h₅₁₂, h₁₃₂, latent)\n→ 512 ReLU → 132 ReLU → softmax(batch)",
         ORANGE)
     for i in (1, 2, 3):
         arrow(ax1, (xs[i], 2.58), (xs[2] + (i - 2) * 0.9, 1.4), color="#c26a00", ls="--")
-    ax1.text(xs[4] + 0.7, 1.15, "adversary step:  min  CE(batch, adversary)\n"
-             "autoencoder step:  min  w_recon · MSE(x, x̂) − w_gen · CE(batch, adversary)",
-             fontsize=8.5, va="center")
-    ax1.text(xs[0], 3.55, "input: min–max scaled log expression", fontsize=7.5, ha="left", color="0.3")
+    ax1.text(xs[4] - 0.55, 1.0, "adversary step:\n    min CE(batch, adversary)\n"
+             "autoencoder step:\n    min w_recon · MSE(x, x̂) − w_gen · CE(batch, adversary)",
+             fontsize=10, va="center")
+    ax1.text(xs[0] - 0.6, 3.55, "input: min–max scaled log expression", fontsize=9, ha="left", color="0.3")
 
     # ---------------------------------------------------------------- random effects
     ax2.set_title("scMEDAL-RE: random-effects autoencoder, conditioned on the batch (batch-specific latent)",
-                  fontsize=11, loc="left")
-    items = [("x, batch z\n(one-hot)", GREY), ("Dense 512\nCSB(z) · SELU", RED), ("Dense 132\nCSB(z) · SELU", RED),
-             ("Dense 50\nSELU", BLUE), ("latent\nX_scMEDAL_RE", GREEN), ("132\nCSB(z)", RED), ("512\nCSB(z)", RED),
+                  fontsize=12, loc="left")
+    items = [("x, batch z\n(one-hot)", GREY), ("Dense 512\nCSB(z), SELU", RED), ("Dense 132\nCSB(z), SELU", RED),
+             ("Dense 50\nSELU", BLUE), ("RE latent\n50-d", GREEN), ("132\nCSB(z)", RED), ("512\nCSB(z)", RED),
              ("x̂\nCSB(z)", GREY)]
     xs = chain(ax2, 2.9, items)
-    box(ax2, xs[4], 1.25, 1.4, 0.62, "Dense 5 ReLU\n→ softmax(batch)", ORANGE)
+    box(ax2, xs[4], 1.3, 1.6, 0.72, "Dense 5 ReLU\n→ softmax(batch)", ORANGE)
     arrow(ax2, (xs[4], 2.58), (xs[4], 1.58), color="#c26a00")
-    box(ax2, xs[1] + 0.55, 1.0, 3.0, 0.9,
+    box(ax2, xs[1] + 0.6, 0.95, 3.9, 1.15,
         "CSB(z):  h ← BN(h);  h · (1 + γ(z)) + β(z)\nγ, β: one row per batch, Normal posterior\n"
-        "(mean, s.d.), prior N(0, 0.25²), KL × 1e-5", RED, fontsize=8)
-    ax2.text(xs[5] - 0.4, 0.55, "loss:  w_recon · MSE(x, x̂) + w_clus · CE(batch, head) + KL\n"
-             "counterfactual: decode with another batch's one-hot z_b", fontsize=8.5, va="center")
+        "(mean, s.d.), prior N(0, 0.25²), KL × 1e-5", RED, fontsize=9.5)
+    ax2.text(xs[5] - 0.35, 1.0, "loss:  w_recon · MSE(x, x̂)\n    + w_clus · CE(batch, head) + KL\n"
+             "counterfactual: decode with\n    another batch's one-hot z_b", fontsize=10, va="center")
 
     fig.tight_layout()
     out = os.path.join(HERE, "networks.svg")

@@ -1,0 +1,110 @@
+"""The Jupyter Book: it builds (notebooks executed in quick mode), every chapter page exists with its figures, the
+API reference is generated, a rebuild comes from the execution cache, and a failing notebook fails the build."""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from test_notebooks import quick_env
+
+ROOT = Path(__file__).resolve().parents[1]
+CHAPTERS = ["00_quickstart", "01_batch_suppression", "02_random_effects", "03_genomap_projection",
+            "04_classification"]
+
+pytest.importorskip("jupyter_book")
+
+
+def jupyter_book():
+    script = Path(sys.executable).with_name("jupyter-book")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "jupyter_book.cli.main"]
+
+
+def build(source: Path, out: Path, env: dict, *extra: str) -> subprocess.CompletedProcess:
+    cmd = jupyter_book() + ["build", str(source), "--path-output", str(out), *extra]
+    return subprocess.run(cmd, cwd=source, env=env, capture_output=True, text=True, timeout=2400)
+
+
+@pytest.fixture(scope="module")
+def book(tmp_path_factory):
+    env = quick_env(tmp_path_factory, "book_outputs")
+    out = tmp_path_factory.mktemp("book")
+    first = build(ROOT, out, env)
+    assert first.returncode == 0, first.stdout[-6000:] + first.stderr[-3000:]
+    second = build(ROOT, out, env, "--all")          # re-reads every page: notebooks come from the cache
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    return out / "_build" / "html", first, second
+
+
+def test_config_files_at_root():
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())
+    assert config["execute"]["execute_notebooks"] == "cache"
+    assert config["execute"]["raise_on_error"] is True
+    assert {"sphinx.ext.autodoc", "sphinx.ext.napoleon"} <= set(config["sphinx"]["extra_extensions"])
+    toc = (ROOT / "_toc.yml").read_text()
+    for chapter in CHAPTERS:
+        assert f"notebooks/{chapter}" in toc
+
+
+def test_every_chapter_has_its_figures(book):
+    html, _, _ = book
+    for chapter in CHAPTERS:
+        page = html / "notebooks" / f"{chapter}.html"
+        assert page.exists(), chapter
+        text = page.read_text()
+        images = re.findall(r"<img[^>]+src=\"([^\"]+)\"", text)
+        assert images, f"{chapter}: no figure"
+        for src in images:
+            if not src.startswith("data:"):
+                assert (page.parent / src).resolve().exists(), f"{chapter}: missing image {src}"
+        assert "Key takeaways" in text
+        assert "Traceback" not in text, f"{chapter} shows an error"
+
+
+def test_prose_pages(book):
+    html, _, _ = book
+    method = (html / "book" / "method.html").read_text()
+    assert re.search(r"<img[^>]+networks\.svg", method), "the diagram of the two networks"
+    api = (html / "book" / "api.html").read_text()
+    for name in ("SCMEDAL", "get_latent", "counterfactual", "score_embeddings", "cross_validate_mec"):
+        assert name in api, f"autodoc did not document {name}"
+    refs = (html / "book" / "references.html").read_text()
+    for needle in ("Andrade", "10.1038/s41467-026-72666-4", "2411.06635", "Liu", "van Galen", "Velmeshev",
+                   "Litvi"):
+        assert needle in refs, needle
+    for page in ("intro", "data"):
+        assert (html / "book" / f"{page}.html").exists()
+    assert (html / "index.html").exists()
+
+
+def test_rebuild_uses_the_execution_cache(book):
+    _, first, second = book
+    assert "Executing notebook" in first.stdout
+    assert "Executing notebook" not in second.stdout
+    assert second.stdout.count("Using cached notebook") == len(CHAPTERS)
+
+
+def test_failing_notebook_fails_the_build(tmp_path):
+    """With the book's own _config.yml, one notebook that raises makes the build fail."""
+    import nbformat
+
+    src = tmp_path / "src"
+    (src / "notebooks").mkdir(parents=True)
+    shutil.copy(ROOT / "_config.yml", src / "_config.yml")
+    config = yaml.safe_load((src / "_config.yml").read_text())
+    config.pop("bibtex_bibfiles", None)
+    (src / "_config.yml").write_text(yaml.safe_dump(config))
+    (src / "intro.md").write_text("# Intro\n")
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# Broken"),
+                                         nbformat.v4.new_code_cell("raise RuntimeError('boom')")])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, src / "notebooks" / "broken.ipynb")
+    (src / "_toc.yml").write_text("format: jb-book\nroot: intro\nchapters:\n  - file: notebooks/broken\n")
+    proc = build(src, tmp_path / "out", dict(os.environ))
+    assert proc.returncode != 0
+    assert "boom" in proc.stdout + proc.stderr

@@ -1,0 +1,184 @@
+"""``scmedal-lite run``: a real quick run on a file it has never seen (other column names), the checks that refuse
+bad input with exit status 2, and the all-or-nothing output folder (with a fake notebook runner)."""
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import anndata
+import nbformat
+import numpy as np
+import pandas as pd
+import pytest
+
+import scmedal_lite as sm
+from scmedal_lite import cli
+
+pytest.importorskip("papermill")
+
+
+def sha256(path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """An .h5ad the package has never seen: 7 donors, column names unlike the COVID data's."""
+    adata = sm.datasets.synthetic(n_cells=1400, n_genes=120, n_batches=7, n_celltypes=3, seed=11)
+    adata.obs = adata.obs.rename(columns={"batch": "patient", "celltype": "annotation", "condition": "status"})
+    adata.obs["patient"] = adata.obs["patient"].astype(str).str.replace("batch", "P").astype("category")
+    adata.obs["status"] = adata.obs["status"].map({"A": "sick", "B": "well"}).astype("category")
+    del adata.uns["planted"]
+    path = tmp_path_factory.mktemp("input") / "never_seen.h5ad"
+    adata.write_h5ad(path)
+    return path
+
+
+def args(data, out, *extra):
+    return ["run", str(data), "--batch-key", "patient", "--label-key", "annotation", "--condition-key", "status",
+            "--out", str(out), *extra]
+
+
+def test_run_quick_writes_everything(data, tmp_path):
+    before = sha256(data)
+    out = tmp_path / "run"
+    assert cli.main(args(data, out, "--quick", "--seed", "1")) == 0
+    assert sha256(data) == before, "the input file must never change"
+
+    for name in cli.NOTEBOOKS:
+        nb = nbformat.read(out / "notebooks" / f"{name}.ipynb", as_version=4)
+        assert not any(o.get("output_type") == "error" for c in nb.cells for o in c.get("outputs", []))
+    scores = pd.read_csv(out / "results" / "scores.csv")
+    assert list(scores.columns) == ["embedding", "metric", "label", "value"]
+    assert {"PCA", "AE", "scMEDAL-FE", "Harmony", "Scanorama"} <= set(scores["embedding"])
+    assert {"asw", "ilisi"} <= set(scores["metric"]) and np.isfinite(scores["value"].dropna()).all()
+    mec = pd.read_csv(out / "results" / "classification.csv")
+    assert {"fold", "scheme", "features", "metric", "value"} <= set(mec.columns)
+    assert {"cells", "batches"} <= set(mec["scheme"]) and "chance" in set(mec["features"])
+
+    result = anndata.read_h5ad(out / "adata.h5ad")
+    assert result.obsm["X_scMEDAL_FE"].shape == (result.n_obs, 50)
+    assert result.obsm["X_scMEDAL_RE"].shape == (result.n_obs, 50)
+    assert set(result.obs["patient"].astype(str)) == {f"P{b}" for b in range(7)}
+
+    index = (out / "report" / "index.html").read_text()
+    for name in cli.NOTEBOOKS:
+        assert f'href="{name}.html"' in index
+        page = (out / "report" / f"{name}.html").read_text()
+        assert "<img" in page, f"{name} report page has no figure"
+    info = json.loads((out / "run.json").read_text())
+    assert info["input_sha256"] == before and info["parameters"]["batch_key"] == "patient"
+    assert (out / "model").is_dir()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".run.")], "no temporary folder left"
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda a, d: a.__setitem__(1, str(d) + ".missing"), "File not found"),
+    (lambda a, d: a.__setitem__(3, "donor"), "--batch-key 'donor' is not a column"),
+    (lambda a, d: a.__setitem__(5, "cell_type"), "--label-key 'cell_type' is not a column"),
+    (lambda a, d: a.__setitem__(7, "disease"), "--condition-key 'disease' is not a column"),
+])
+def test_bad_input_exit_2(data, tmp_path, capsys, change, message):
+    argv = args(data, tmp_path / "out")
+    change(argv, data)
+    assert cli.main(argv) == cli.EXIT_BAD_INPUT
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("scmedal-lite: error:") and message in err[0], err
+    assert not (tmp_path / "out").exists()
+
+
+def test_single_batch_and_not_h5ad(tmp_path, capsys):
+    one = sm.datasets.synthetic(n_cells=200, n_genes=30, n_batches=1, seed=0)
+    one.write_h5ad(tmp_path / "one.h5ad")
+    argv = ["run", str(tmp_path / "one.h5ad"), "--batch-key", "batch", "--label-key", "celltype",
+            "--out", str(tmp_path / "o")]
+    assert cli.main(argv) == 2
+    assert "single batch" in capsys.readouterr().err
+    (tmp_path / "table.csv").write_text("a,b\n1,2\n")
+    argv[1] = str(tmp_path / "table.csv")
+    assert cli.main(argv) == 2
+    assert "is not an .h5ad file" in capsys.readouterr().err
+
+
+def test_refuses_non_empty_out(data, tmp_path, capsys):
+    out = tmp_path / "busy"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    assert cli.main(args(data, out, "--quick")) == 2
+    err = capsys.readouterr().err
+    assert "is not empty" in err and "--overwrite" in err
+    assert (out / "keep.txt").read_text() == "mine" and sorted(os.listdir(out)) == ["keep.txt"]
+
+
+def test_refuses_out_containing_the_input(data, tmp_path, capsys):
+    folder = tmp_path / "here"
+    folder.mkdir()
+    inside = folder / "data.h5ad"
+    shutil.copy(data, inside)
+    assert cli.main(args(inside, folder, "--overwrite")) == 2
+    assert "inside --out" in capsys.readouterr().err and inside.exists()
+
+
+def test_console_script_exit_code_and_one_line(tmp_path):
+    script = Path(sys.executable).with_name("scmedal-lite")
+    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "scmedal_lite.cli"]
+    proc = subprocess.run(cmd + ["run", str(tmp_path / "nope.h5ad"), "--batch-key", "b", "--label-key", "c",
+                                 "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("scmedal-lite: error: File not found")
+
+
+# ------------------------------------------------------------------ all-or-nothing, with a fake notebook runner
+
+def fake_runner(fail_on=None):
+    """Stands in for papermill.execute_notebook: writes what the notebooks would write, or fails."""
+    import papermill
+
+    def execute(src, dst, parameters, **kw):
+        name = Path(src).stem
+        nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(f"# {name}\n**Question:** ...")])
+        nbformat.write(nb, dst)
+        if name == fail_on:
+            raise papermill.PapermillExecutionError(0, 1, "boom", "RuntimeError", "boom", [])
+        results = Path(parameters["output_dir"])
+        if name == "00_quickstart":
+            anndata.AnnData(np.zeros((3, 2), "float32")).write_h5ad(results / "adata.h5ad")
+        if name == "01_batch_suppression":
+            pd.DataFrame({"embedding": ["FE"], "metric": ["asw"], "label": ["batch"], "value": [0.1]}).to_csv(
+                results / "scores.csv", index=False)
+        return nb
+    return execute
+
+
+def test_failed_notebook_writes_nothing(data, tmp_path, monkeypatch, capsys):
+    import papermill
+
+    monkeypatch.setattr(papermill, "execute_notebook", fake_runner(fail_on="02_random_effects"))
+    out = tmp_path / "run"
+    assert cli.main(args(data, out)) == cli.EXIT_FAILED
+    err = capsys.readouterr().err
+    assert "02_random_effects failed" in err and "nothing was written" in err
+    assert not out.exists()
+    assert (tmp_path / "run.failed" / "02_random_effects.ipynb").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_overwrite_replaces_whole_folder(data, tmp_path, monkeypatch):
+    import papermill
+
+    monkeypatch.setattr(papermill, "execute_notebook", fake_runner())
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    assert cli.main(args(data, out, "--overwrite", "--notebooks", "00_quickstart,01_batch_suppression")) == 0
+    assert not (out / "old.txt").exists()
+    assert (out / "adata.h5ad").exists() and (out / "report" / "index.html").exists()
+    assert list(pd.read_csv(out / "results" / "classification.csv").columns) == [
+        "fold", "scheme", "features", "split", "metric", "value"]
+    assert re.search(r"01_batch_suppression\.html", (out / "report" / "index.html").read_text())

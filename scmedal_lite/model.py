@@ -189,7 +189,7 @@ class SCMEDAL:
         batches = np.asarray(batches, dtype=str)
         codes = pd.Index(self.batch_categories).get_indexer(batches)
         if (codes < 0).any():
-            new = sorted(set(batches[codes < 0]))
+            new = sorted({str(b) for b in batches[codes < 0]})     # plain str: no np.str_('...') in the message
             warnings.warn(f"{(codes < 0).sum()} cells come from {len(new)} batches the model never saw "
                           f"({new[:5]}{'...' if len(new) > 5 else ''}); their random effects use the "
                           f"'{unseen}' rule.", UnseenBatchWarning, stacklevel=4)
@@ -266,7 +266,8 @@ class SCMEDAL:
     def train(self, max_epochs: int | None = None, *, which: Sequence[str] = ("fe", "re"),
               early_stopping: bool = True, faithful: bool = False, patience: int | None = None,
               batch_size: int | None = None, learning_rate: float | None = None, seed: int | None = None,
-              progress: bool = True, checkpoint_dir: str | None = None, strategy=None) -> "SCMEDAL":
+              progress: bool = True, checkpoint_dir: str | None = None, strategy=None,
+              on_epoch_end=None) -> "SCMEDAL":
         """Train the networks named in ``which`` (``"fe"``, ``"re"``, ``"ae"``; default FE then RE).
 
         Early stopping watches ``val_loss``, the total validation loss each network really logs, and restores
@@ -277,7 +278,8 @@ class SCMEDAL:
         state is saved after every epoch and an interrupted call resumes from it. ``strategy``: a
         ``tf.distribute`` strategy (e.g. ``tf.distribute.MirroredStrategy()`` over several GPUs) for
         data-parallel training; each minibatch of ``batch_size`` cells is split across its replicas.
-        Returns ``self``.
+        ``on_epoch_end(kind, epoch, logs)``, if given, runs after every epoch (e.g. to monitor a score);
+        returning True stops that network's training. Returns ``self``.
         """
         sched = self.config["schedule"]
         batch_size = as_int("batch_size", sched["batch_size"] if batch_size is None else batch_size, minimum=1)
@@ -299,7 +301,7 @@ class SCMEDAL:
         for kind in which:
             self._train_one(kind, epochs, batch_size, lr, patience, seed,
                             early_stopping and not (faithful and kind in ("fe", "re")), progress, checkpoint_dir,
-                            strategy)
+                            strategy, on_epoch_end)
         return self
 
     def train_fe(self, max_epochs=None, **kwargs):
@@ -311,7 +313,7 @@ class SCMEDAL:
         return self.train(max_epochs, which=("re",), **kwargs)
 
     def _train_one(self, kind, epochs, batch_size, lr, patience, seed, early_stopping, progress, checkpoint_dir,
-                   strategy=None):
+                   strategy=None, on_epoch_end=None):
         seed_everything(seed)
         scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
         with scope:
@@ -325,11 +327,23 @@ class SCMEDAL:
         train = self._inputs(kind, self.adata, self.train_mask)
         val = self._inputs(kind, self.adata, self.val_mask)
         folder = os.path.join(checkpoint_dir, kind) if checkpoint_dir else None
+        previous = self.networks.get(kind)
+        self.networks[kind] = net          # usable from on_epoch_end while it trains
         start = time.perf_counter()
-        history, best = fit_network(net, train, val, epochs=epochs, batch_size=batch_size, seed=seed,
-                                    early_stopping=early_stopping, patience=patience, progress=progress,
-                                    label=kind.upper(), checkpoint_dir=folder, strategy=strategy)
+        try:
+            history, best = fit_network(net, train, val, epochs=epochs, batch_size=batch_size, seed=seed,
+                                        early_stopping=early_stopping, patience=patience, progress=progress,
+                                        label=kind.upper(), checkpoint_dir=folder, strategy=strategy,
+                                        on_epoch_end=None if on_epoch_end is None else
+                                        (lambda epoch, logs: on_epoch_end(kind, epoch, logs)))
+        except BaseException:
+            if previous is None:
+                self.networks.pop(kind, None)
+            else:
+                self.networks[kind] = previous
+            raise
         elapsed = time.perf_counter() - start
+        net.grad_scale = 1.0
         self.networks[kind], self.history[kind] = net, history
         self.trained[kind] = {"epochs_run": int(history.index[-1]), "best_epoch": best, "seconds": elapsed,
                               "max_epochs": epochs, "batch_size": batch_size, "learning_rate": lr,

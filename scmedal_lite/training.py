@@ -46,6 +46,22 @@ def take_rows(source, index: np.ndarray) -> np.ndarray:
     return np.asarray(rows, dtype="float32")
 
 
+def _prefetched(sources, indices):
+    """Yield minibatches, reading the next one in a background thread while the current one trains
+    (overlaps disk reads and densifying with computation)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def read(index):
+        return tuple(take_rows(a, index) for a in sources)
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(read, indices[0]) if indices else None
+        for k in range(len(indices)):
+            batch = pending.result()
+            pending = pool.submit(read, indices[k + 1]) if k + 1 < len(indices) else None
+            yield batch
+
+
 def _n_rows(arrays):
     return arrays[0].shape[0]
 
@@ -175,13 +191,14 @@ def _steps(net, strategy, jit_compile):
 def fit_network(net: keras.Model, train: Sequence, val: Sequence, *, epochs: int, batch_size: int = 512,
                 seed: int = 0, early_stopping: bool = True, patience: int = 30, progress: bool = True,
                 label: str = "", checkpoint_dir: str | None = None, jit_compile: bool = False,
-                eval_batch_size: int = 8192, strategy=None) -> tuple[pd.DataFrame, int]:
+                eval_batch_size: int = 8192, strategy=None, on_epoch_end=None) -> tuple[pd.DataFrame, int]:
     """Train a compiled scmedal_lite network; returns (per-epoch history, best epoch).
 
     With ``strategy`` (a ``tf.distribute`` strategy whose scope built and compiled ``net``), every minibatch
     is split across the replicas and their gradients are summed (data parallelism on several GPUs or CPU
     devices). ``train`` and ``val`` are tuples of row sources (dense arrays, sparse matrices, or objects with
     ``shape`` and ``__getitem__(index_array)``) in the order the network's ``train_step`` expects.
+    ``on_epoch_end(epoch, logs)`` is called after each epoch; returning True stops training.
     Epoch ``e`` shuffles with ``np.random.default_rng([seed, e])``. With ``early_stopping`` the best weights
     by ``val_loss`` are restored at the end; otherwise the final weights are kept.
     """
@@ -200,9 +217,9 @@ def fit_network(net: keras.Model, train: Sequence, val: Sequence, *, epochs: int
         tic = time.perf_counter()
         order = np.random.default_rng([seed, epoch]).permutation(n_train)
         net.reset_metrics()
-        for i in range(0, n_train, batch_size):
-            index = np.sort(order[i:i + batch_size])
-            logs = train_step((tuple(take_rows(a, index) for a in train),))
+        batches = [np.sort(order[i:i + batch_size]) for i in range(0, n_train, batch_size)]
+        for batch in _prefetched(train, batches):
+            logs = train_step((batch,))
         logs = {k: float(v) for k, v in logs.items()}
         net.reset_metrics()
         for i in range(0, n_val, eval_batch_size):
@@ -217,6 +234,8 @@ def fit_network(net: keras.Model, train: Sequence, val: Sequence, *, epochs: int
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{logs['loss']:.4g}", val_loss=f"{logs['val_loss']:.4g}", refresh=False)
+        if on_epoch_end is not None and on_epoch_end(epoch, logs):
+            stop = True
         if stop:
             break
     if bar is not None:

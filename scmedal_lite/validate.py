@@ -86,7 +86,7 @@ def check_adata(adata, *, expect: str | None = None, layer: str | None = None, i
     check_choice("expect", expect, (None, "counts", "log"))
     if in_memory and adata.isbacked:
         raise InputError("This step changes the data in place and needs them in memory; the AnnData is backed "
-                         f"by {adata.filename!r} (read-only). Use adata = adata.to_memory() first; the file "
+                         f"by {str(adata.filename)!r} (read-only). Use adata = adata.to_memory() first; the file "
                          "itself is never modified.")
     if adata.n_obs == 0 or adata.n_vars == 0:
         raise InputError(f"The AnnData is empty ({adata.n_obs} cells x {adata.n_vars} genes); "
@@ -311,9 +311,10 @@ def parse_settings(part: str, values, defaults: dict) -> dict:
     if not isinstance(values, dict):
         raise InputError(f"{part} must be a dict of settings, e.g. {{{next(iter(defaults))!r}: ...}}; "
                          f"got {type(values).__name__}: {values!r}.")
-    unknown = sorted(set(values) - set(defaults))
+    allowed = set(defaults) | (set(SCHEDULE_TYPES) if part == "schedule" else set())
+    unknown = sorted(set(values) - allowed)
     if unknown:
-        raise InputError(f"Unknown {part} settings {unknown}; valid: {sorted(defaults)}.")
+        raise InputError(f"Unknown {part} settings {unknown}; valid: {sorted(allowed)}.")
     out = {}
     for key, v in values.items():
         label = f"{part}[{key!r}]"

@@ -1,0 +1,209 @@
+"""Training speed, hardware utilisation, counterfactual throughput and time to quality on the real COVID PBMC data.
+
+Everything is measured in one run so the ratios are comparable on a noisy shared machine:
+- the machine's dense matmul rate (TensorFlow float32 and bfloat16, NumPy float32; same threads);
+- FE and RE seconds per epoch (median over epochs 2..n; 18,320 training cells x 1,000 genes, batch 512) for
+  graph mode, XLA and mixed bfloat16, with the floating-point work of one epoch (forward and backward of every
+  dense layer, validation included) and the fraction of the matmul rate it reaches;
+- the ratio to the authors' implementation measured on this machine (anchors.md: FE 1.73 s, RE 2.00 s per
+  epoch idle; 3.5-4 s and 3.4 s per epoch median under load);
+- counterfactual throughput (cells x target batches / s) for the 6,107 test cells x 63 samples, and the peak
+  memory growth while streaming them;
+- time to quality with the default settings: wall time from the start of training until the RE latent's batch
+  ASW on the test split passes 0 (and FE's is below PCA's), against the authors' 17-20 minutes.
+
+    .venv/bin/python benchmarks/speed.py [--epochs 6] [--out benchmarks/results/speed]
+"""
+
+import argparse
+import json
+import os
+import platform
+import threading
+import time
+
+import numpy as np
+
+import scmedal_lite as sm
+from scmedal_lite.io import atomic_write
+from scmedal_lite.metrics import score_embeddings
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+AUTHORS = {"fe": {"idle": 1.73, "loaded": 3.75}, "re": {"idle": 2.00, "loaded": 3.4}}
+
+
+def matmul_rates():
+    import tensorflow as tf
+    out = {}
+    n, k, m = 4096, 1000, 512
+    for name, dtype in (("tf_float32", tf.float32), ("tf_bfloat16", tf.bfloat16)):
+        a, b = tf.cast(tf.random.normal((n, k)), dtype), tf.cast(tf.random.normal((k, m)), dtype)
+        mm = tf.function(lambda a, b: tf.matmul(a, b))
+        mm(a, b).numpy()
+        times = []
+        for _ in range(7):
+            t = time.perf_counter()
+            for _ in range(10):
+                r = mm(a, b)
+            r.numpy()
+            times.append((time.perf_counter() - t) / 10)
+        out[name] = 2 * n * k * m / np.median(times) / 1e9
+    a = np.random.rand(n, k).astype("float32")
+    b = np.random.rand(k, m).astype("float32")
+    times = []
+    for _ in range(7):
+        t = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t)
+    out["numpy_float32"] = 2 * n * k * m / np.median(times) / 1e9
+    return {k: round(v, 1) for k, v in out.items()}
+
+
+def dense_flops(widths, n):
+    """Forward multiply-add FLOPs of a chain of dense layers with these widths, for n rows."""
+    return sum(2 * n * a * b for a, b in zip(widths[:-1], widths[1:]))
+
+
+def epoch_flops(kind, n_train, n_val, genes, batches, batch_size=512):
+    enc = dense_flops([genes, 512, 132, 50], 1)
+    dec = dense_flops([50, 132, 512, genes], 1)
+    if kind == "fe":
+        adv = dense_flops([512 + 132 + 50, 512, 132, batches], 1)
+        # adversary step: encoder fwd, adversary fwd + bwd (2x); AE step: encoder and decoder fwd + bwd (3x),
+        # adversary fwd + input gradients (2x)
+        per_cell = enc + 3 * adv + 3 * (enc + dec) + 2 * adv
+        val_cell = enc + dec + adv
+    else:
+        head = dense_flops([50, 5, batches], 1)
+        per_cell = 3 * (enc + dec + head)
+        val_cell = enc + dec + head
+    return per_cell * n_train + val_cell * n_val
+
+
+def epoch_times(adata, kind, epochs, **model_kwargs):
+    from scmedal_lite.training import fit_network
+    import keras
+    model = sm.SCMEDAL(adata, "sample_id", "celltype_coarse", **{k: v for k, v in model_kwargs.items()
+                                                                 if k == "precision"})
+    net = model._build(kind)
+    if kind == "fe":
+        net.compile(keras.optimizers.Adam(1e-3), keras.optimizers.Adam(1e-3))
+    else:
+        net.compile(keras.optimizers.Adam(1e-3))
+    train = model._inputs(kind, adata, model.train_mask)
+    val = model._inputs(kind, adata, model.val_mask)
+    hist, _ = fit_network(net, train, val, epochs=epochs, progress=False, early_stopping=False,
+                          jit_compile=model_kwargs.get("jit", False))
+    return hist["seconds"].tolist(), int(model.train_mask.sum()), int(model.val_mask.sum())
+
+
+def rss_mb():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+
+
+def counterfactual_throughput(model, adata, chunk_size=4096):
+    test = adata[(adata.obs["split"] == "test").to_numpy()]
+    peak = {"base": rss_mb(), "max": rss_mb()}
+    stop = threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            peak["max"] = max(peak["max"], rss_mb())
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    list(model.iter_counterfactuals(test[:64], model.batch_categories[:2]))      # compile
+    watcher.start()
+    t = time.perf_counter()
+    total = 0
+    for _, cells, values in model.iter_counterfactuals(test, chunk_size=chunk_size):
+        total += values.shape[0]
+    seconds = time.perf_counter() - t
+    stop.set()
+    watcher.join()
+    full_size_mb = test.n_obs * len(model.batch_categories) * adata.n_vars * 4 / 2 ** 20
+    return {"cells": test.n_obs, "batches": len(model.batch_categories), "seconds": round(seconds, 2),
+            "cells_x_batches_per_s": round(total / seconds), "chunk_size": chunk_size,
+            "peak_rss_growth_mb": round(peak["max"] - peak["base"], 1),
+            "all_outputs_would_take_mb": round(full_size_mb)}
+
+
+def time_to_quality(adata, seed=0):
+    from sklearn.decomposition import PCA
+    test = (adata.obs["split"] == "test").to_numpy()
+    batch = adata.obs["sample_id"].to_numpy()[test]
+    labels = adata.obs["celltype_coarse"].to_numpy()[test]
+    model = sm.SCMEDAL(adata, "sample_id", "celltype_coarse", seed=seed)
+    x = model.scale(adata)
+    pca = PCA(50, random_state=0).fit(x[model.train_mask]).transform(x[test])
+    pca_asw = float(score_embeddings({"pca": pca}, batch, labels, metrics=["asw"]).query("label == 'batch'")["value"].iloc[0])
+    trace = {"fe": [], "re": []}
+    clock = {"train": 0.0, "last": None}
+
+    def monitor(kind, epoch, logs):
+        clock["train"] += logs["seconds"]
+        asw = float(score_embeddings({kind: model.get_latent(kind)[test]}, batch, labels, metrics=["asw"],
+                                     sample_size=3000).query("label == 'batch'")["value"].iloc[0])
+        trace[kind].append({"epoch": epoch, "train_seconds": round(clock["train"], 1), "batch_asw": round(asw, 4)})
+        done = asw > 0 if kind == "re" else asw < pca_asw
+        return done
+
+    t = time.perf_counter()
+    clock["train"] = 0.0
+    model.train(which=("fe",), progress=False, on_epoch_end=monitor)
+    fe_seconds = clock["train"]
+    clock["train"] = 0.0
+    model.train(which=("re",), progress=False, on_epoch_end=monitor)
+    re_seconds = clock["train"]
+    return {"pca_batch_asw": round(pca_asw, 4), "fe_seconds_to_below_pca": round(fe_seconds, 1),
+            "re_seconds_to_positive": round(re_seconds, 1), "trace": trace,
+            "wall_seconds_incl_scoring": round(time.perf_counter() - t, 1),
+            "authors_minutes": "17-20 (their RE passes 0 after 250-300 epochs at lr 1e-4)"}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--out", default=os.path.join(HERE, "results", "speed"))
+    ap.add_argument("--skip-quality", action="store_true")
+    args = ap.parse_args()
+    adata = sm.datasets.covid_pbmc()
+    sm.pp.prepare(adata, batch_key="sample_id")
+    sm.pp.split_cells(adata, batch_key="sample_id", labels_key="celltype_coarse", fold=0)
+    result = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                          "load_average_start": os.getloadavg()},
+              "command": f"python benchmarks/speed.py --epochs {args.epochs}"}
+    result["matmul_gflops"] = rates = matmul_rates()
+    result["epochs"] = {}
+    for kind in ("fe", "re"):
+        for mode, kw in (("graph_float32", {}), ("xla_float32", {"jit": True}),
+                         ("graph_bfloat16", {"precision": "bfloat16"})):
+            seconds, n_train, n_val = epoch_times(adata, kind, args.epochs, **kw)
+            median = float(np.median(seconds[1:]))
+            flops = epoch_flops(kind, n_train, n_val, adata.n_vars, 63)
+            reference = rates["tf_bfloat16" if "bfloat16" in mode else "tf_float32"]
+            result["epochs"][f"{kind}_{mode}"] = {
+                "seconds_per_epoch": [round(s, 3) for s in seconds], "median_s": round(median, 3),
+                "gflop_per_epoch": round(flops / 1e9, 1), "achieved_gflops": round(flops / median / 1e9, 1),
+                "fraction_of_matmul_rate": round(flops / median / 1e9 / reference, 3),
+                "fraction_of_float32_matmul_rate": round(flops / median / 1e9 / rates["tf_float32"], 3),
+                "speedup_vs_authors_idle": round(AUTHORS[kind]["idle"] / median, 2),
+                "speedup_vs_authors_loaded": round(AUTHORS[kind]["loaded"] / median, 2)}
+            print(kind, mode, result["epochs"][f"{kind}_{mode}"], flush=True)
+    model = sm.SCMEDAL(adata, "sample_id", "celltype_coarse", seed=0)
+    model.train(max_epochs=3, which=("re",), progress=False)
+    result["counterfactuals"] = {f"chunk_{c}": counterfactual_throughput(model, adata, c) for c in (1024, 4096)}
+    print(result["counterfactuals"], flush=True)
+    if not args.skip_quality:
+        result["time_to_quality"] = time_to_quality(adata)
+        print({k: v for k, v in result["time_to_quality"].items() if k != "trace"}, flush=True)
+    result["machine"]["load_average_end"] = os.getloadavg()
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with atomic_write(args.out + ".json") as tmp:
+        with open(tmp, "w") as f:
+            json.dump(result, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

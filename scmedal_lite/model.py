@@ -9,7 +9,7 @@ Example
 >>> model.train(seed=0)                                   # FE and RE, early stopping on the validation loss
 >>> adata.obsm["X_scMEDAL_FE"] = model.get_latent("fe")   # batch-invariant
 >>> adata.obsm["X_scMEDAL_RE"] = model.get_latent("re")   # batch-specific
->>> cf = model.counterfactual(adata[:500], batch="B2_HGR0000110_T0")   # as if measured in that sample
+>>> cf = model.counterfactual(adata[:500], batch="B2_HGR0000042_T0")   # as if measured in that sample
 >>> model.save("runs/covid"); again = sm.SCMEDAL.load("runs/covid", adata)
 """
 

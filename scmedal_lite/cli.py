@@ -1,4 +1,4 @@
-"""``scmedal-lite run``: all tutorial notebooks on a user's ``.h5ad``, with tables, an AnnData and an HTML report.
+"""``scmedal-lite run``: all tutorial notebooks on a user's ``.h5ad``, with tables, an AnnData and a report.
 
 Usage::
 
@@ -17,8 +17,8 @@ notebooks run with papermill, sharing one trained model, and ``DIR`` receives::
     model/                       the trained model (``sm.SCMEDAL.load``)
     run.json                     command, parameters, input checksum, timings, versions
 
-``DATA.h5ad`` is only read. ``DIR`` is written whole or not at all (built in a temporary folder beside it, then
-renamed); an existing non-empty ``DIR`` is refused unless ``--overwrite``.
+``DATA.h5ad`` is only read. ``DIR`` is written whole or not at all (built in a temporary folder beside it,
+then renamed); an existing non-empty ``DIR`` is refused unless ``--overwrite``.
 """
 
 from __future__ import annotations
@@ -82,9 +82,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     run.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
     run.add_argument("--notebooks", default=None,
-                     help=f"comma-separated subset of the notebooks to run (default all: {','.join(NOTEBOOKS)})")
+                     help=f"comma-separated subset of the notebooks (default all: {','.join(NOTEBOOKS)})")
     run.add_argument("--notebooks-dir", default=None, help=argparse.SUPPRESS)
-    run.add_argument("--timeout", type=int, default=None, help="seconds allowed per notebook cell (default none)")
+    run.add_argument("--timeout", type=int, default=None,
+                     help="seconds allowed per notebook cell (default: no limit)")
     return parser
 
 
@@ -104,21 +105,26 @@ def check_inputs(args) -> dict:
             raise InputError(f"--out {args.out!r} is not empty; pass --overwrite to replace it, or choose "
                              "another folder.")
     if os.path.commonpath([data, out]) == out:
-        raise InputError(f"The input file {args.data!r} is inside --out {args.out!r}; choose an output folder "
-                         "that does not contain it.")
+        raise InputError(f"The input file {args.data!r} is inside --out {args.out!r}; choose an output "
+                         "folder that does not contain it.")
     adata = read_h5ad(data, backed="r")
     try:
         check_obs_key(adata, args.label_key, role="--label-key")
         if args.condition_key is not None:
             check_obs_key(adata, args.condition_key, role="--condition-key")
         check_batches(adata, args.batch_key)
+        if adata.obs[args.label_key].nunique() < 2:
+            raise InputError(f"--label-key {args.label_key!r} has a single value; scores and plots need at "
+                             "least two cell types.")
         n_obs, n_vars = adata.n_obs, adata.n_vars
     except InputError as err:
         raise InputError(str(err).replace("batch_key", "--batch-key")) from None
     finally:
         if getattr(adata, "file", None) is not None:
             adata.file.close()
-    names = list(NOTEBOOKS) if args.notebooks is None else [n.strip() for n in args.notebooks.split(",") if n.strip()]
+    names = list(NOTEBOOKS)
+    if args.notebooks is not None:
+        names = [n.strip() for n in args.notebooks.split(",") if n.strip()]
     unknown = [n for n in names if n not in NOTEBOOKS]
     if unknown or not names:
         raise InputError(f"--notebooks: unknown notebook(s) {unknown}; choose from {list(NOTEBOOKS)}.")
@@ -171,8 +177,8 @@ def run(args) -> int:
     params = {"data_path": data, "batch_key": args.batch_key, "label_key": args.label_key,
               "condition_key": args.condition_key, "max_epochs": args.max_epochs, "seed": args.seed,
               "quick": bool(args.quick)}
-    print(f"scmedal-lite {__version__}: {data} ({checked['n_obs']} cells x {checked['n_vars']} genes) -> {out}",
-          flush=True)
+    size = f"{checked['n_obs']} cells x {checked['n_vars']} genes"
+    print(f"scmedal-lite {__version__}: {data} ({size}) -> {out}", flush=True)
     try:
         with atomic_dir(out, overwrite=args.overwrite) as tmp:
             nb_out = os.path.join(tmp, "notebooks")
@@ -212,7 +218,8 @@ def run(args) -> int:
         return _error(str(err), EXIT_FAILED)
     except InputError as err:
         return _error(str(err), EXIT_BAD_INPUT)
-    print(f"wrote {out} in {time.perf_counter() - started:.0f} s; report: {os.path.join(out, 'report', 'index.html')}")
+    report = os.path.join(out, "report", "index.html")
+    print(f"wrote {out} in {time.perf_counter() - started:.0f} s; report: {report}")
     return 0
 
 

@@ -68,6 +68,8 @@ from collections.abc import Mapping, Sequence
 from functools import cached_property
 
 import numpy as np
+
+from .validate import InputError
 import pandas as pd
 from scipy import stats
 from sklearn.cluster import KMeans
@@ -297,7 +299,7 @@ def _resolve_metrics(metrics, have_labels: bool) -> list[str]:
     metrics = list(dict.fromkeys(metrics))
     unknown = [m for m in metrics if m not in METRICS]
     if unknown:
-        raise ValueError(f"unknown metric(s) {unknown}; valid names are {list(METRICS)}")
+        raise InputError(f"unknown metric(s) {unknown}; valid names are {list(METRICS)}")
     if not have_labels:
         need = [m for m in metrics if m in LABEL_METRICS]
         if need:

@@ -23,15 +23,16 @@ import pandas as pd
 
 log = logging.getLogger(__name__)
 
-__all__ = ["umap", "plot_umaps", "plot_history", "plot_random_effects", "plot_batch_uncertainty", "plot_mec", "category_colors"]
+__all__ = ["umap", "plot_umaps", "plot_history", "plot_random_effects", "plot_batch_uncertainty", "plot_mec",
+           "category_colors"]
 
 #: Categories beyond this number are drawn without a legend (the colours alone show the mixing).
 MAX_LEGEND = 20
 
 
 def umap(X, *, n_neighbors: int = 15, min_dist: float = 0.5, random_state: int = 5) -> np.ndarray:
-    """2-D UMAP of an embedding (cells × d), as in the paper: scanpy ``neighbors(n_neighbors)`` on ``X`` itself
-    (no PCA), then ``tl.umap(min_dist, random_state)``. Returns ``(n_cells, 2)`` float32."""
+    """2-D UMAP of an embedding (cells × d), as in the paper: scanpy ``neighbors(n_neighbors)`` on ``X``
+    itself (no PCA), then ``tl.umap(min_dist, random_state)``. Returns ``(n_cells, 2)`` float32."""
     import anndata
     import scanpy as sc
 
@@ -110,7 +111,7 @@ def plot_umaps(coords: Mapping[str, np.ndarray], obs: pd.DataFrame, color_keys: 
 
 
 def plot_history(history: Mapping[str, pd.DataFrame], *, columns: Sequence[str] = ("loss", "val_loss")):
-    """Training curves: one panel per network (``model.history``: ``{kind: DataFrame of losses per epoch}``)."""
+    """Training curves, one panel per network (``model.history``: ``{kind: losses per epoch}``)."""
     from matplotlib.figure import Figure
 
     items = [(k, h) for k, h in history.items() if h is not None and len(h)]
@@ -131,7 +132,7 @@ def plot_history(history: Mapping[str, pd.DataFrame], *, columns: Sequence[str] 
 def plot_random_effects(table: pd.DataFrame, *, top: int | None = 30):
     """Per-batch random effects from :meth:`scmedal_lite.SCMEDAL.random_effects`.
 
-    Left: mean absolute posterior mean per batch and layer (heatmap, batches sorted by their average magnitude);
+    Left: mean absolute posterior mean per batch and layer (heatmap, batches sorted by average magnitude);
     right: the posterior s.d. against the magnitude, one dot per batch and layer. ``top`` keeps the batches
     with the largest average magnitude (None: all).
     """
@@ -203,6 +204,6 @@ def plot_mec(summary: pd.DataFrame, *, metric: str = "balanced_accuracy"):
         ax.set_xticks(x, list(s["features"]), rotation=30, ha="right", fontsize=8)
         ax.set_ylim(0, 1.05)
         ax.set_ylabel(metric.replace("_", " "))
-        ax.set_title({"cells": "cell-level folds", "batches": "leave-batches-out folds"}.get(scheme, str(scheme)),
-                     fontsize=10)
+        names = {"cells": "cell-level folds", "batches": "leave-batches-out folds"}
+        ax.set_title(names.get(scheme, str(scheme)), fontsize=10)
     return fig

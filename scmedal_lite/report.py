@@ -7,7 +7,7 @@ that open from disk without a server or internet.
 Example
 -------
 >>> from scmedal_lite import report
->>> report.write_report(["run/notebooks/00_quickstart.ipynb"], "run/report", title="scMEDAL run")  # doctest: +SKIP
+>>> report.write_report(["run/notebooks/00_quickstart.ipynb"], "run/report")  # doctest: +SKIP
 'run/report/index.html'
 """
 
@@ -45,7 +45,7 @@ nav a { margin-right: 1em; }
 def _md(text: str) -> str:
     try:
         from markdown_it import MarkdownIt
-    except ImportError:                                   # pragma: no cover - markdown-it ships with jupyter-book
+    except ImportError:                       # pragma: no cover - markdown-it-py ships with jupyter-book
         return f"<pre>{html.escape(text)}</pre>"
     return MarkdownIt("commonmark", {"html": True}).enable("table").render(text)
 
@@ -113,7 +113,8 @@ def _builtin(nb, title: str) -> str:
 
 
 def render_notebook(path: str, *, use_nbconvert: bool | None = None) -> str:
-    """HTML of the executed notebook at ``path`` (nbconvert's if installed, unless ``use_nbconvert=False``)."""
+    """HTML of the executed notebook at ``path``: nbconvert's when installed (unless ``use_nbconvert=False``),
+    else the built-in renderer's."""
     nb = nbformat.read(path, as_version=4)
     if use_nbconvert is not False:
         try:

@@ -5,11 +5,12 @@ Every notebook starts with a papermill ``parameters`` cell and then calls::
     from scmedal_lite import tutorial
     p = tutorial.Params.parse(data_path=data_path, batch_key=batch_key, ..., notebook="01_batch_suppression")
     adata = tutorial.load_data(p)      # COVID PBMC or the user's .h5ad, prepared, split, subsampled if quick
-    model = tutorial.get_model(adata, p)   # loaded from p.model_dir when it holds the same model, else trained
+    model = tutorial.get_model(adata, p)   # loaded from p.model_dir if it holds the same model, else trained
 
-Parameters may arrive as strings (papermill's ``-p``, the command line, environment variables); ``Params.parse``
-turns them into the right types with :mod:`scmedal_lite.validate` and fails with a clear message. Quick mode
-(``quick=True``) subsamples the cells and trains a few epochs, so a notebook runs in well under two minutes.
+Parameters may arrive as strings (papermill's ``-p``, the command line, environment variables);
+``Params.parse`` turns them into the right types with :mod:`scmedal_lite.validate` and fails with a clear
+message. Quick mode (``quick=True``) subsamples the cells and trains a few epochs, so a notebook runs in well
+under two minutes.
 
 The model is shared between notebooks through ``model_dir``: it is saved under
 ``model_dir/scmedal-<fingerprint>``, where the fingerprint covers the data (expression, cells, batches,
@@ -139,7 +140,7 @@ def looks_like_counts(adata: AnnData) -> bool:
 def quick_subsample(adata: AnnData, *, batch_key: str, n_cells: int = QUICK_CELLS, seed: int = 0,
                     min_batch_cells: int = MIN_BATCH_CELLS) -> AnnData:
     """About ``n_cells`` cells drawn in proportion to the batches (seeded); every batch keeps at least
-    ``min_batch_cells`` cells (or all it has). Returns a copy; ``adata`` itself is returned if small enough."""
+    ``min_batch_cells`` cells (or all it has). Returns a copy, or ``adata`` itself when it is small enough."""
     if adata.n_obs <= n_cells:
         return adata
     rng = np.random.default_rng(seed)
@@ -209,7 +210,8 @@ def masks(adata: AnnData) -> dict[str, np.ndarray]:
 
 def summary(adata: AnnData, p: Params) -> pd.DataFrame:
     """Cells, genes, batches, labels and conditions of the prepared data, as a small table."""
-    rows = {"source": adata.uns.get("tutorial", {}).get("source"), "cells": adata.n_obs, "genes": adata.n_vars,
+    rows = {"source": adata.uns.get("tutorial", {}).get("source"), "cells": adata.n_obs,
+            "genes": adata.n_vars,
             f"batches ({p.batch_key})": adata.obs[p.batch_key].nunique(),
             f"labels ({p.label_key})": adata.obs[p.label_key].nunique()}
     if p.condition_key is not None:

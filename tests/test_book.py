@@ -1,5 +1,6 @@
-"""The Jupyter Book: it builds (notebooks executed in quick mode), every chapter page exists with its figures, the
-API reference is generated, a rebuild comes from the execution cache, and a failing notebook fails the build."""
+"""The Jupyter Book: it builds (notebooks executed in quick mode), every chapter page exists with its figures,
+the API reference is generated, a rebuild comes from the execution cache, and a failing notebook fails the
+build."""
 
 import os
 import re
@@ -9,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from test_notebooks import quick_env
 
@@ -18,6 +18,7 @@ CHAPTERS = ["00_quickstart", "01_batch_suppression", "02_random_effects", "03_ge
             "04_classification"]
 
 pytest.importorskip("jupyter_book")
+yaml = pytest.importorskip("yaml")
 
 
 def jupyter_book():

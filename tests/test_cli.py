@@ -1,5 +1,5 @@
-"""``scmedal-lite run``: a real quick run on a file it has never seen (other column names), the checks that refuse
-bad input with exit status 2, and the all-or-nothing output folder (with a fake notebook runner)."""
+"""``scmedal-lite run``: a real quick run on a file it has never seen (other column names), the checks that
+refuse bad input with exit status 2, and the all-or-nothing output folder (with a fake notebook runner)."""
 
 import hashlib
 import json
@@ -30,7 +30,8 @@ def sha256(path) -> str:
 def data(tmp_path_factory):
     """An .h5ad the package has never seen: 7 donors, column names unlike the COVID data's."""
     adata = sm.datasets.synthetic(n_cells=1400, n_genes=120, n_batches=7, n_celltypes=3, seed=11)
-    adata.obs = adata.obs.rename(columns={"batch": "patient", "celltype": "annotation", "condition": "status"})
+    names = {"batch": "patient", "celltype": "annotation", "condition": "status"}
+    adata.obs = adata.obs.rename(columns=names)
     adata.obs["patient"] = adata.obs["patient"].astype(str).str.replace("batch", "P").astype("category")
     adata.obs["status"] = adata.obs["status"].map({"A": "sick", "B": "well"}).astype("category")
     del adata.uns["planted"]
@@ -40,8 +41,8 @@ def data(tmp_path_factory):
 
 
 def args(data, out, *extra):
-    return ["run", str(data), "--batch-key", "patient", "--label-key", "annotation", "--condition-key", "status",
-            "--out", str(out), *extra]
+    return ["run", str(data), "--batch-key", "patient", "--label-key", "annotation",
+            "--condition-key", "status", "--out", str(out), *extra]
 
 
 def test_run_quick_writes_everything(data, tmp_path):
@@ -134,7 +135,7 @@ def test_console_script_exit_code_and_one_line(tmp_path):
     assert proc.stderr.strip().splitlines()[-1].startswith("scmedal-lite: error: File not found")
 
 
-# ------------------------------------------------------------------ all-or-nothing, with a fake notebook runner
+# ------------------------------------------------------------- all-or-nothing, with a fake notebook runner
 
 def fake_runner(fail_on=None):
     """Stands in for papermill.execute_notebook: writes what the notebooks would write, or fails."""

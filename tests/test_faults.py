@@ -306,3 +306,29 @@ def test_input_files_never_modified(files, reference):
     root, hashes, _ = files
     assert sha256(root / "counts.h5ad") == hashes["counts"]
     assert sha256(root / "prepared.h5ad") == hashes["prepared"]
+
+
+def test_rerun_after_early_stopping_does_not_train_further(tmp_path):
+    """A checkpointed run that stopped early is finished: running it again must not add epochs."""
+    import keras
+    from scmedal_lite.networks import AutoEncoder
+    from scmedal_lite.training import fit_network, seed_everything
+
+    x = np.random.default_rng(0).random((64, 6)).astype("float32")
+
+    def run():
+        seed_everything(0)
+        net = AutoEncoder(6, hidden=(4,), latent_dim=2)
+        net.build()
+        net.compile(optimizer=keras.optimizers.Adam(0.3))
+        history, best = fit_network(net, (x[:48],), (x[48:],), epochs=40, batch_size=48, patience=1,
+                                    progress=False, checkpoint_dir=str(tmp_path / "ckpt"))
+        return history, best, [w.numpy() for w in net.weights]
+
+    first, best, weights = run()
+    assert len(first) < 40                                            # it did stop early
+    again, best_again, weights_again = run()
+    assert len(again) == len(first) and best_again == best
+    pd.testing.assert_frame_equal(losses(again), losses(first))
+    for a, b in zip(weights, weights_again):
+        np.testing.assert_array_equal(a, b)

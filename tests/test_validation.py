@@ -7,15 +7,13 @@ The table in book/bad_inputs.md lists the same inputs and messages.
 import json
 import os
 import re
-import shutil
 import warnings
 
 import anndata
-import h5py
 import numpy as np
 import pandas as pd
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy import sparse
 

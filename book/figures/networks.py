@@ -55,8 +55,8 @@ def main():
              ("Dense 50\nSELU", BLUE), ("FE latent\n50-d", GREEN), ("132\n(tied Wᵀ)", BLUE),
              ("512\n(tied Wᵀ)", BLUE), ("x̂\nlinear", GREY)]
     xs = chain(ax1, 2.9, items)
-    box(ax1, xs[2] - 0.1, 1.0, 4.2, 0.85, "adversary: concat(h₅₁₂, h₁₃₂, latent)\n→ 512 ReLU → 132 ReLU → softmax(batch)",
-        ORANGE)
+    adversary = "adversary: concat(h₅₁₂, h₁₃₂, latent)\n→ 512 ReLU → 132 ReLU → softmax(batch)"
+    box(ax1, xs[2] - 0.1, 1.0, 4.2, 0.85, adversary, ORANGE)
     for i in (1, 2, 3):
         arrow(ax1, (xs[i], 2.58), (xs[2] + (i - 2) * 0.9, 1.4), color="#c26a00", ls="--")
     ax1.text(xs[4] - 0.55, 1.0, "adversary step:\n    min CE(batch, adversary)\n"
@@ -67,7 +67,8 @@ def main():
     # ---------------------------------------------------------------- random effects
     ax2.set_title("scMEDAL-RE: random-effects autoencoder, conditioned on the batch (batch-specific latent)",
                   fontsize=12, loc="left")
-    items = [("x, batch z\n(one-hot)", GREY), ("Dense 512\nCSB(z), SELU", RED), ("Dense 132\nCSB(z), SELU", RED),
+    items = [("x, batch z\n(one-hot)", GREY), ("Dense 512\nCSB(z), SELU", RED),
+             ("Dense 132\nCSB(z), SELU", RED),
              ("Dense 50\nSELU", BLUE), ("RE latent\n50-d", GREEN), ("132\nCSB(z)", RED), ("512\nCSB(z)", RED),
              ("x̂\nCSB(z)", GREY)]
     xs = chain(ax2, 2.9, items)

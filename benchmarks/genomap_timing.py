@@ -1,0 +1,76 @@
+"""Genomap step timings on the real COVID PBMC data: the layout (one Gromov-Wasserstein coupling) for
+300 cells x 1,000 genes, and the whole step (cell selection, counterfactual stack over all 63 samples,
+layout, images, panels, severe-vs-healthy comparison). Writes benchmarks/results/genomap_timing.json.
+
+    .venv/bin/python benchmarks/genomap_timing.py [--model-dir outputs/book/model/<run>] [--n-iter 200]
+
+Without --model-dir a model is trained first (20 epochs per network; not part of the timings).
+"""
+
+import argparse
+import json
+import os
+import tempfile
+import time
+
+import numpy as np
+
+import scmedal_lite as sm
+from scmedal_lite import genomaps
+from scmedal_lite.io import atomic_write
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model-dir", default=None)
+    ap.add_argument("--n-iter", type=int, default=200)
+    ap.add_argument("--out", default=os.path.join(HERE, "results", "genomap_timing.json"))
+    args = ap.parse_args()
+    adata = sm.datasets.covid_pbmc()
+    sm.pp.prepare(adata, batch_key="sample_id")
+    if args.model_dir:
+        model = sm.SCMEDAL.load(args.model_dir, adata)
+    else:
+        sm.pp.split_cells(adata, batch_key="sample_id", labels_key="celltype_coarse")
+        model = sm.SCMEDAL(adata, "sample_id", "celltype_coarse", seed=0).train(max_epochs=20, progress=False)
+    condition = adata.obs.groupby("sample_id", observed=True)["cond_group"].first()
+    shown = [*condition[condition == "Severe"].index[:3], *condition[condition == "HC"].index[:2]]
+    cells = genomaps.select_cells(adata, cell_type_key="mergedcelltype", cell_types=["Mono_Classical"],
+                                  n_cells=300, batch_key="sample_id", force_batches=shown, seed=0)
+    t = time.perf_counter()
+    stack = genomaps.counterfactual_stack(model, adata, cells)
+    genomaps.zscore_stack(stack)
+    t_stack = time.perf_counter() - t
+    data = np.asarray(stack.layers["zscore"])
+    t = time.perf_counter()
+    layout = genomaps.GenomapLayout.fit(data, genes=list(stack.var_names), n_iter=args.n_iter, seed=0)
+    t_layout = time.perf_counter() - t
+    t = time.perf_counter()
+    layout.transform(data)
+    t_transform = time.perf_counter() - t
+    with tempfile.TemporaryDirectory() as out_dir:
+        t = time.perf_counter()
+        genomaps.run_genomap_analysis(model, adata, cell_type_key="mergedcelltype", cell_types=["Mono_Classical"],
+                                      shown_batches=shown, out_dir=out_dir, groups_key="cond_group",
+                                      groups=("Severe", "HC"), n_cells=300, n_iter=args.n_iter, seed=0)
+        t_whole = time.perf_counter() - t
+        t = time.perf_counter()
+        genomaps.run_genomap_analysis(model, adata, cell_type_key="mergedcelltype", cell_types=["Mono_Classical"],
+                                      shown_batches=shown, out_dir=out_dir, groups_key="cond_group",
+                                      groups=("Severe", "HC"), n_cells=300, n_iter=args.n_iter, seed=0)
+        t_cached = time.perf_counter() - t
+    result = {"command": "python benchmarks/genomap_timing.py", "cells": 300, "genes": int(stack.n_vars),
+              "stack_rows": int(stack.n_obs), "grid": [layout.rows, layout.cols], "n_iter": args.n_iter,
+              "stack_seconds": round(t_stack, 1), "layout_seconds": round(t_layout, 1),
+              "transform_seconds": round(t_transform, 2), "whole_step_seconds": round(t_whole, 1),
+              "whole_step_with_cached_layout_seconds": round(t_cached, 1), "load_average": os.getloadavg()}
+    with atomic_write(args.out) as tmp:
+        with open(tmp, "w") as f:
+            json.dump(result, f, indent=1)
+    print(result)
+
+
+if __name__ == "__main__":
+    main()

@@ -7,24 +7,38 @@ Example
 >>> sm.pp.prepare(adata, batch_key="sample_id")
 >>> model = sm.SCMEDAL(adata, batch_key="sample_id", labels_key="celltype_coarse").train(seed=0)
 >>> adata.obsm["X_scMEDAL_FE"] = model.get_latent("fe")
+
+Submodules and the model are imported on first use, so ``scmedal-lite`` can check its input (and fail with
+a one-line message) before TensorFlow starts.
 """
 
-import os as _os
+import importlib
+import logging
+import os
 
-_os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-_os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-_os.environ.setdefault("POT_BACKEND_DISABLE_TENSORFLOW", "1")
-_os.environ.setdefault("POT_BACKEND_DISABLE_PYTORCH", "1")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("POT_BACKEND_DISABLE_TENSORFLOW", "1")
+os.environ.setdefault("POT_BACKEND_DISABLE_PYTORCH", "1")
+logging.getLogger("tensorflow").setLevel(logging.ERROR)   # retracing chatter from per-fold models
 
 __version__ = "0.1.0"
 
-import logging as _logging  # noqa: E402
+_SUBMODULES = {"baselines", "classify", "datasets", "genomaps", "metrics", "paper_data", "pp", "presets",
+               "plotting", "tutorial"}
+_ATTRIBUTES = {"SCMEDAL": "model", "UnseenBatchWarning": "model", "InputError": "validate",
+               "read_h5ad": "validate"}
 
-_logging.getLogger("tensorflow").setLevel(_logging.ERROR)   # retracing chatter from per-fold models
+__all__ = ["SCMEDAL", "InputError", "UnseenBatchWarning", "read_h5ad", "__version__", *sorted(_SUBMODULES)]
 
-from . import baselines, classify, datasets, genomaps, metrics, paper_data, pp  # noqa: E402
-from .model import SCMEDAL, UnseenBatchWarning  # noqa: E402
-from .validate import InputError, read_h5ad  # noqa: E402
 
-__all__ = ["SCMEDAL", "InputError", "UnseenBatchWarning", "baselines", "classify", "datasets", "genomaps",
-           "metrics", "paper_data", "pp", "read_h5ad", "__version__"]
+def __getattr__(name):
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
+    if name in _ATTRIBUTES:
+        return getattr(importlib.import_module(f".{_ATTRIBUTES[name]}", __name__), name)
+    raise AttributeError(f"module 'scmedal_lite' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

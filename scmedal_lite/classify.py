@@ -9,7 +9,7 @@ random_state=42)``. :func:`cross_validate_mec` repeats that over folds, training
 and :func:`summarize_mec` gives the mean and t-based 95 % interval over folds, as the paper's Table 1.
 
 Why the "+ RE" gains of the paper are largely batch identity
------------------------------------------------------------
+------------------------------------------------------------
 The paper's targets (AML patient group, ASD diagnosis, HH tissue region) are **functions of the batch**:
 every cell of a batch (a patient, a donor, a sample from one region) has the same target value. Its splits are
 cell-level, so every batch has training cells, and the RE latent is computed **from the cell's true batch

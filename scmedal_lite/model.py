@@ -508,7 +508,7 @@ class SCMEDAL:
     def random_effects(self) -> pd.DataFrame:
         """Posterior means and s.d. of every random-effect layer, summarised per batch (tidy table).
 
-        Columns: ``layer`` (e.g. ``encoder/csb_0/gamma``), ``batch``, ``mean_abs`` (mean |posterior mean| over
+        Columns: ``layer`` (e.g. ``encoder/csb_0/gamma``), ``batch``, ``mean_abs`` (mean absolute posterior mean over
         units), ``mean_sd`` (mean posterior s.d.).
         """
         net = self._net("re")

@@ -10,7 +10,6 @@ Without --model-dir a model is trained first (20 epochs per network; not part of
 import argparse
 import json
 import os
-import tempfile
 import time
 
 import numpy as np
@@ -27,6 +26,8 @@ def main():
     ap.add_argument("--model-dir", default=None)
     ap.add_argument("--n-iter", type=int, default=200)
     ap.add_argument("--out", default=os.path.join(HERE, "results", "genomap_timing.json"))
+    ap.add_argument("--figures", default=os.path.join(os.path.dirname(HERE), "outputs", "genomap_timing"),
+                    help="where the whole step writes its arrays, tables and panels (not committed)")
     args = ap.parse_args()
     adata = sm.datasets.covid_pbmc()
     sm.pp.prepare(adata, batch_key="sample_id")
@@ -50,7 +51,11 @@ def main():
     t = time.perf_counter()
     layout.transform(data)
     t_transform = time.perf_counter() - t
-    with tempfile.TemporaryDirectory() as out_dir:
+    out_dir = args.figures
+    if os.path.isdir(out_dir):
+        import shutil
+        shutil.rmtree(out_dir)
+    if True:
         t = time.perf_counter()
         genomaps.run_genomap_analysis(model, adata, cell_type_key="mergedcelltype", cell_types=["Mono_Classical"],
                                       shown_batches=shown, out_dir=out_dir, groups_key="cond_group",

@@ -176,3 +176,9 @@ def test_random_effects_table(trained):
     table = trained.random_effects()
     assert set(table["batch"]) == set(trained.batch_categories)
     assert (table["mean_sd"] > 0).all() and table["layer"].nunique() == 10
+
+
+def test_xla_training_option(synth):
+    m = sm.SCMEDAL(synth, "batch", "celltype", seed=0, **SMALL)
+    m.train(max_epochs=3, which=("fe",), jit_compile="true", progress=False)
+    assert m.trained["fe"]["epochs_run"] == 3 and np.isfinite(m.get_latent("fe")).all()

@@ -18,7 +18,17 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 CHILD = r"""
-import json, resource, sys, time
+import json, sys, time
+
+
+def peak_rss_mb():
+    # VmHWM: this process's own peak (ru_maxrss would include the parent's peak inherited across fork/exec)
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024)
+
+
 import anndata, numpy as np
 import scmedal_lite as sm
 path, mode = sys.argv[1], sys.argv[2]
@@ -31,7 +41,7 @@ model.train(max_epochs=2, which=("fe",), progress=False, early_stopping=False)
 hist = model.history["fe"]
 print(json.dumps({"cells": adata.n_obs, "mode": mode, "load_s": round(load, 1), "setup_s": round(setup, 1),
                   "epoch_s": [round(s, 2) for s in hist["seconds"]],
-                  "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}))
+                  "peak_rss_mb": peak_rss_mb()}))
 """
 
 

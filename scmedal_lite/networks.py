@@ -119,6 +119,23 @@ class _TrackedModel(keras.Model):
             self.trackers[name].update_state(value, sample_weight=n)
         return {n: t.result() for n, t in self.trackers.items()}
 
+    def loss_terms(self, inputs, training):
+        """Dict of named loss terms for a minibatch; ``"loss"`` is the objective."""
+        raise NotImplementedError
+
+    def train_step(self, data):
+        """One optimiser step on ``loss`` over all trainable weights (FE overrides this)."""
+        inputs = data[0]
+        with tf.GradientTape() as tape:
+            out = self.loss_terms(inputs, True)
+            scaled = out["loss"] * self.grad_scale
+        grads = tape.gradient(scaled, self.trainable_weights)
+        self.optimizer.apply_gradients(zip(grads, self.trainable_weights))
+        return self._record(inputs, out)
+
+    def test_step(self, data):
+        return self._record(data[0], self.loss_terms(data[0], False))
+
 
 class AutoEncoder(_TrackedModel):
     """Baseline autoencoder: BN-SELU encoder 512-132-50, tied decoder, linear output, MSE loss.
@@ -165,18 +182,6 @@ class AutoEncoder(_TrackedModel):
             total = total + self.w_class * out["class_loss"]
         out["loss"] = total
         return out
-
-    def train_step(self, data):
-        inputs = data[0]
-        with tf.GradientTape() as tape:
-            out = self.loss_terms(inputs, True)
-            scaled = out["loss"] * self.grad_scale
-        grads = tape.gradient(scaled, self.trainable_weights)
-        self.optimizer.apply_gradients(zip(grads, self.trainable_weights))
-        return self._record(inputs, out)
-
-    def test_step(self, data):
-        return self._record(data[0], self.loss_terms(data[0], False))
 
 
 class FixedEffectsAE(AutoEncoder):
@@ -373,15 +378,3 @@ class RandomEffectsAE(_TrackedModel):
         out["kl"] = _mean_of(kl_enc) + _mean_of(kl_dec)
         out["loss"] = self.w_recon * out["recon_loss"] + self.w_clus * out["batch_loss"] + out["kl"]
         return out
-
-    def train_step(self, data):
-        inputs = data[0]
-        with tf.GradientTape() as tape:
-            out = self.loss_terms(inputs, True)
-            scaled = out["loss"] * self.grad_scale
-        grads = tape.gradient(scaled, self.trainable_weights)
-        self.optimizer.apply_gradients(zip(grads, self.trainable_weights))
-        return self._record(inputs, out)
-
-    def test_step(self, data):
-        return self._record(data[0], self.loss_terms(data[0], False))

@@ -29,7 +29,6 @@ import keras
 import numpy as np
 import pandas as pd
 import tensorflow as tf
-from scipy import sparse
 
 from . import __version__
 from .io import atomic_dir, atomic_write
@@ -283,6 +282,9 @@ class SCMEDAL:
         XLA: 15-20 % faster epochs on CPU after a slower first epoch (benchmarks/results/speed.json).
         Returns ``self``.
         """
+        if self.adata is None:
+            raise InputError("This model was loaded without data; load it with SCMEDAL.load(path, adata) "
+                             "to train it.")
         sched = self.config["schedule"]
         batch_size = as_int("batch_size", sched["batch_size"] if batch_size is None else batch_size, minimum=1)
         lr = as_float("learning_rate", sched["learning_rate"] if learning_rate is None else learning_rate,
@@ -549,8 +551,10 @@ class SCMEDAL:
         return path
 
     @classmethod
-    def load(cls, path: str, adata: anndata.AnnData | None = None) -> "SCMEDAL":
-        """Load a model saved with :meth:`save`. With ``adata``, checks that its genes match the model's.
+    def load(cls, path: str, adata: anndata.AnnData | None = None, *,
+             split_key: str = SPLIT_KEY) -> "SCMEDAL":
+        """Load a model saved with :meth:`save`. With ``adata``, checks that its genes match the model's and
+        restores the train / validation masks from ``obs[split_key]`` (as at set-up), so it can train again.
 
         Without ``adata`` the model can still apply itself to any AnnData with the right genes.
         """
@@ -583,6 +587,8 @@ class SCMEDAL:
             check_adata(adata)
             self._columns(adata)           # raises if genes are missing
             self.adata = adata
+        self.train_mask, self.val_mask = (self._split_masks(adata, split_key) if adata is not None
+                                          else (None, None))
         self.networks, self.history = {}, {}
         for kind in setup["trained"]:
             weights = os.path.join(path, f"{kind}.weights.h5")

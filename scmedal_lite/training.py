@@ -22,9 +22,9 @@ import keras
 import numpy as np
 import pandas as pd
 import tensorflow as tf
-from scipy import sparse
 
 from .io import atomic_write
+from .rows import to_dense
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +40,7 @@ def seed_everything(seed: int) -> None:
 
 def take_rows(source, index: np.ndarray) -> np.ndarray:
     """Rows ``index`` of a dense array, a sparse matrix or a row source with ``__getitem__`` (dense float32)."""
-    rows = source[index]
-    if sparse.issparse(rows):
-        rows = rows.toarray()
-    return np.asarray(rows, dtype="float32")
+    return np.asarray(to_dense(source[index]), dtype="float32")
 
 
 def _prefetched(sources, indices):

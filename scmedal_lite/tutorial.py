@@ -246,16 +246,14 @@ def fingerprint(adata: AnnData, p: Params, which=KINDS) -> str:
 def get_model(adata: AnnData, p: Params, *, which=KINDS, verbose: bool = True):
     """The shared scMEDAL model: loaded from ``p.model_dir`` when it holds one trained on the same data with
     the same settings, else trained (FE, RE and the plain AE) and saved there. Without ``model_dir`` it is
-    trained and kept in memory only. The split masks are set from ``obs[SPLIT]`` in both cases."""
+    trained and kept in memory only. The split masks come from ``obs[SPLIT]`` in both cases."""
     from .model import SCMEDAL
 
     fp = fingerprint(adata, p, which)
     path = None if p.model_dir is None else os.path.join(p.model_dir, f"scmedal-{fp}")
     if path is not None and os.path.exists(os.path.join(path, "setup.json")):
-        model = SCMEDAL.load(path, adata)
+        model = SCMEDAL.load(path, adata, split_key=SPLIT)
         if set(which) <= set(model.networks):
-            m = masks(adata)
-            model.train_mask, model.val_mask = m["train"], m["val"]
             if verbose:
                 print(f"Loaded the shared model from {path}")
             return model

@@ -182,3 +182,14 @@ def test_xla_training_option(synth):
     m = sm.SCMEDAL(synth, "batch", "celltype", seed=0, **SMALL)
     m.train(max_epochs=3, which=("fe",), jit_compile="true", progress=False)
     assert m.trained["fe"]["epochs_run"] == 3 and np.isfinite(m.get_latent("fe")).all()
+
+
+def test_load_restores_split_masks_and_can_train_again(trained, synth, tmp_path):
+    path = trained.save(str(tmp_path / "run"))
+    again = sm.SCMEDAL.load(path, synth)
+    np.testing.assert_array_equal(again.train_mask, trained.train_mask)
+    np.testing.assert_array_equal(again.val_mask, trained.val_mask)
+    again.train(max_epochs=1, which=("fe",), progress=False)
+    assert again.trained["fe"]["epochs_run"] == 1
+    with pytest.raises(sm.InputError, match="loaded without data"):
+        sm.SCMEDAL.load(path).train(max_epochs=1)

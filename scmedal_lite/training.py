@@ -188,7 +188,7 @@ def _steps(net, strategy, jit_compile):
 def fit_network(net: keras.Model, train: Sequence, val: Sequence, *, epochs: int, batch_size: int = 512,
                 seed: int = 0, early_stopping: bool = True, patience: int = 30, progress: bool = True,
                 label: str = "", checkpoint_dir: str | None = None, jit_compile: bool = False,
-                eval_batch_size: int = 8192, strategy=None, on_epoch_end=None) -> tuple[pd.DataFrame, int]:
+                eval_batch_size: int = 2048, strategy=None, on_epoch_end=None) -> tuple[pd.DataFrame, int]:
     """Train a compiled scmedal_lite network; returns (per-epoch history, best epoch).
 
     With ``strategy`` (a ``tf.distribute`` strategy whose scope built and compiled ``net``), every minibatch
@@ -197,7 +197,9 @@ def fit_network(net: keras.Model, train: Sequence, val: Sequence, *, epochs: int
     ``shape`` and ``__getitem__(index_array)``) in the order the network's ``train_step`` expects.
     ``on_epoch_end(epoch, logs)`` is called after each epoch; returning True stops training.
     Epoch ``e`` shuffles with ``np.random.default_rng([seed, e])``. With ``early_stopping`` the best weights
-    by ``val_loss`` are restored at the end; otherwise the final weights are kept.
+    by ``val_loss`` are restored at the end; otherwise the final weights are kept. Validation runs in chunks
+    of ``eval_batch_size`` cells: with training minibatches, these chunks (not the number of cells) set the
+    working memory (8,192-cell chunks took about 300 MB more than 2,048-cell ones; benchmarks/scaling.py).
     """
     train_step, test_step = _steps(net, strategy, jit_compile)
     stopper = EarlyStopper(patience, enabled=early_stopping)

@@ -74,6 +74,10 @@ def test_prose_pages(book):
     api = (html / "book" / "api.html").read_text()
     for name in ("SCMEDAL", "get_latent", "counterfactual", "score_embeddings", "cross_validate_mec"):
         assert name in api, f"autodoc did not document {name}"
+    perf = (html / "book" / "performance.html").read_text()
+    assert "SCALING_TABLE" not in perf and "jit_compile" in perf
+    plot = re.findall(r"<img[^>]+src=\"([^\"]*scaling[^\"]*\.png)\"", perf)
+    assert plot and (html / "book" / plot[0]).resolve().exists(), "the scaling plot"
     refs = (html / "book" / "references.html").read_text()
     for needle in ("Andrade", "10.1038/s41467-026-72666-4", "2411.06635", "Liu", "van Galen", "Velmeshev",
                    "Litvi"):

@@ -1,0 +1,153 @@
+"""Where one RE training step spends its time: the full step against ablated copies of it.
+
+One compiled train step (512 cells x 1,000 genes, 63 batches) of scMEDAL-RE and -FE, timed for several
+variants built in one process and timed round-robin (each round runs every variant for 10 steps), so the
+ratios hold on a noisy shared machine. The ablations switch parts of the RE network off to price them; they
+are measurement devices, not models anyone should train:
+
+- ``re``: the real RE step (graph mode, float32);
+- ``re_xla``: the same step compiled with XLA (``jit_compile=True``);
+- ``re_bfloat16``: mixed bfloat16;
+- ``re_posterior_means``: no weight sampling (the random effects use their posterior means while training);
+- ``re_batchnorm_only``: the cluster scale-and-bias blocks reduced to their BatchNorm (no random effects);
+- ``re_dense_only``: neither BatchNorm nor random effects; only the dense layers remain;
+- ``fe`` / ``fe_xla``: the FE step (adversary step plus autoencoder step).
+
+The dense floating-point work of a step (forward and backward) and the machine's matmul rate, measured in the
+same run, give the time a perfect implementation would need. Writes ``benchmarks/results/step_profile.json``.
+
+    .venv/bin/python benchmarks/step_profile.py [--rounds 9]
+"""
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from scmedal_lite import layers as L
+from scmedal_lite.io import atomic_write
+from scmedal_lite.networks import FixedEffectsAE, RandomEffectsAE
+from scmedal_lite.training import seed_everything
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CELLS, GENES, BATCHES = 512, 1000, 63
+
+
+@contextlib.contextmanager
+def patched(cls, name, func):
+    """Temporarily replace ``cls.name`` (held while the step is traced; the traced graph keeps the change)."""
+    original = getattr(cls, name)
+    setattr(cls, name, func)
+    try:
+        yield
+    finally:
+        setattr(cls, name, original)
+
+
+def ablation(variant):
+    if variant == "re_posterior_means":
+        call = L.RandomEffects.call
+        return patched(L.RandomEffects, "call", lambda self, z, training=False: call(self, z, training=False))
+    if variant == "re_batchnorm_only":
+        return patched(L.ClusterScaleBias, "call",
+                       lambda self, inputs, training=False: self.norm(inputs[0], training=training))
+    if variant == "re_dense_only":
+        return patched(L.ClusterScaleBias, "call", lambda self, inputs, training=False: inputs[0])
+    return contextlib.nullcontext()
+
+
+def build_step(variant, data):
+    """Build, compile and trace the train step of ``variant``; return the compiled step."""
+    seed_everything(0)
+    keras.config.set_dtype_policy("mixed_bfloat16" if variant.endswith("bfloat16") else "float32")
+    with ablation(variant):
+        if variant.startswith("fe"):
+            net = FixedEffectsAE(GENES, BATCHES)
+            net.build()
+            net.compile(keras.optimizers.Adam(1e-3), keras.optimizers.Adam(1e-3))
+        else:
+            net = RandomEffectsAE(GENES, BATCHES, seed=0)
+            net.build()
+            net.compile(keras.optimizers.Adam(1e-3))
+        step = tf.function(net.train_step, jit_compile=variant.endswith("xla"))
+        for _ in range(3):                               # trace (and compile) under the patch
+            float(step(data)["loss"])
+    keras.config.set_dtype_policy("float32")
+    return step
+
+
+def step_flops(kind):
+    def chain(widths):
+        return sum(2 * a * b for a, b in zip(widths[:-1], widths[1:]))
+    enc, dec = chain([GENES, 512, 132, 50]), chain([50, 132, 512, GENES])
+    if kind == "fe":
+        adv = chain([512 + 132 + 50, 512, 132, BATCHES])
+        return CELLS * (enc + 3 * adv + 3 * (enc + dec) + 2 * adv)
+    return CELLS * 3 * (enc + dec + chain([50, 5, BATCHES]))
+
+
+def matmul_rate(repeats=20):
+    a = tf.random.normal((2048, 2048))
+    f = tf.function(lambda: tf.matmul(a, a))
+    f().numpy()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        f().numpy()
+        times.append(time.perf_counter() - t)
+    return 2 * 2048 ** 3 / np.median(times) / 1e9
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=9)
+    ap.add_argument("--out", default=os.path.join(HERE, "results", "step_profile"))
+    args = ap.parse_args()
+    rng = np.random.default_rng(0)
+    x = rng.random((CELLS, GENES), dtype=np.float32)
+    z = np.eye(BATCHES, dtype=np.float32)[rng.integers(0, BATCHES, CELLS)]
+    data = ((tf.constant(x), tf.constant(z)),)
+    variants = ["re", "re_xla", "re_bfloat16", "re_posterior_means", "re_batchnorm_only", "re_dense_only",
+                "fe", "fe_xla"]
+    steps = {v: build_step(v, data) for v in variants}
+    times = {v: [] for v in variants}
+    rates = []
+    for _ in range(args.rounds):
+        rates.append(matmul_rate())
+        for v in variants:
+            t = time.perf_counter()
+            for _ in range(10):
+                out = steps[v](data)
+            float(out["loss"])
+            times[v].append((time.perf_counter() - t) / 10 * 1000)
+    rate = float(np.median(rates))
+    rows = {}
+    for v in variants:
+        ms = float(np.median(times[v]))
+        ideal = step_flops(v[:2]) / rate / 1e6
+        rows[v] = {"ms_per_step_median": round(ms, 2), "ms_all_rounds": [round(t, 2) for t in times[v]],
+                   "vs_re": round(ms / np.median(times["re"]), 3),
+                   "dense_gflop_per_step": round(step_flops(v[:2]) / 1e9, 2),
+                   "ideal_ms_at_matmul_rate": round(ideal, 2), "fraction_of_matmul_rate": round(ideal / ms, 3)}
+    result = {"command": f"python benchmarks/step_profile.py --rounds {args.rounds}",
+              "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "load_average": os.getloadavg(),
+                          "tensorflow": tf.__version__, "keras": keras.__version__},
+              "tf_float32_matmul_gflops": round(rate, 1), "steps": rows}
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with atomic_write(args.out + ".json") as tmp:
+        with open(tmp, "w") as f:
+            json.dump(result, f, indent=1)
+    print(f"matmul {rate:.0f} GFLOP/s")
+    for v, r in rows.items():
+        print(f"{v:20s} {r['ms_per_step_median']:6.1f} ms  x{r['vs_re']:.2f} of RE  "
+              f"{100 * r['fraction_of_matmul_rate']:.0f}% of matmul rate")
+
+
+if __name__ == "__main__":
+    main()

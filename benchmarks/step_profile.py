@@ -14,7 +14,7 @@ are measurement devices, not models anyone should train:
 - ``fe`` / ``fe_xla``: the FE step (adversary step plus autoencoder step).
 
 The dense floating-point work of a step (forward and backward) and the machine's matmul rate, measured in the
-same run, give the time a perfect implementation would need. Writes ``benchmarks/results/step_profile.json``.
+same run (as ``speed.py`` measures them), give the time a perfect implementation would need. Writes ``benchmarks/results/step_profile.json``.
 
     .venv/bin/python benchmarks/step_profile.py [--rounds 9]
 """
@@ -34,6 +34,7 @@ from scmedal_lite import layers as L
 from scmedal_lite.io import atomic_write
 from scmedal_lite.networks import FixedEffectsAE, RandomEffectsAE
 from scmedal_lite.training import seed_everything
+from speed import dense_flops, matmul_rates          # benchmarks/speed.py, next to this script
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CELLS, GENES, BATCHES = 512, 1000, 63
@@ -83,25 +84,12 @@ def build_step(variant, data):
 
 
 def step_flops(kind):
-    def chain(widths):
-        return sum(2 * a * b for a, b in zip(widths[:-1], widths[1:]))
-    enc, dec = chain([GENES, 512, 132, 50]), chain([50, 132, 512, GENES])
+    """Dense floating-point work of one training step of ``kind`` (forward and backward), as speed.py counts it."""
+    enc, dec = dense_flops([GENES, 512, 132, 50], 1), dense_flops([50, 132, 512, GENES], 1)
     if kind == "fe":
-        adv = chain([512 + 132 + 50, 512, 132, BATCHES])
+        adv = dense_flops([512 + 132 + 50, 512, 132, BATCHES], 1)
         return CELLS * (enc + 3 * adv + 3 * (enc + dec) + 2 * adv)
-    return CELLS * 3 * (enc + dec + chain([50, 5, BATCHES]))
-
-
-def matmul_rate(repeats=20):
-    a = tf.random.normal((2048, 2048))
-    f = tf.function(lambda: tf.matmul(a, a))
-    f().numpy()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        f().numpy()
-        times.append(time.perf_counter() - t)
-    return 2 * 2048 ** 3 / np.median(times) / 1e9
+    return CELLS * 3 * (enc + dec + dense_flops([50, 5, BATCHES], 1))
 
 
 def main():
@@ -119,7 +107,7 @@ def main():
     times = {v: [] for v in variants}
     rates = []
     for _ in range(args.rounds):
-        rates.append(matmul_rate())
+        rates.append(matmul_rates()["tf_float32"])
         for v in variants:
             t = time.perf_counter()
             for _ in range(10):

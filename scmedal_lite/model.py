@@ -279,7 +279,7 @@ class SCMEDAL:
         data-parallel training; each minibatch of ``batch_size`` cells is split across its replicas.
         ``on_epoch_end(kind, epoch, logs)``, if given, runs after every epoch (e.g. to monitor a score);
         returning True stops that network's training. ``jit_compile=True`` compiles the training steps with
-        XLA: 20-30 % faster epochs on CPU after a slower first epoch; worth it from about 20 epochs
+        XLA: 20-30 % faster epochs on CPU after a slower first epoch; repaid after 5-20 epochs
         (benchmarks/results/speed.json; the book's "Performance and scale" page).
         Returns ``self``.
         """

@@ -8,17 +8,15 @@ same-batch fraction against what perfect mixing gives. Writes benchmarks/results
 """
 
 import argparse
-import json
 import os
 import platform
 import time
 
-import numpy as np
 from sklearn.decomposition import PCA
 
 import scmedal_lite as sm
-from scmedal_lite.io import atomic_write
 from scmedal_lite.metrics import score_embeddings
+from results_io import write_json, write_text
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -56,18 +54,13 @@ def main():
         "scores_test": table.round(4).to_dict(orient="index"),
         "total_seconds": round(time.perf_counter() - t0, 1),
     }
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with atomic_write(args.out + ".json") as tmp:
-        with open(tmp, "w") as f:
-            json.dump(result, f, indent=1)
+    write_json(args.out + ".json", result)
     lines = [f"# FE and RE on COVID PBMC (preset {args.preset}, seed {args.seed})", "",
              f"`{result['command']}`", "", table.round(3).to_markdown(), "",
              *[f"- {k.upper()}: {v['epochs_run']} epochs (best {v['best_epoch']}), {v['seconds']:.0f} s"
                for k, v in model.trained.items()],
              f"- total wall time {result['total_seconds']} s on {os.cpu_count()} CPUs"]
-    with atomic_write(args.out + ".md") as tmp:
-        with open(tmp, "w") as f:
-            f.write("\n".join(lines) + "\n")
+    write_text(args.out + ".md", lines)
     print("\n".join(lines))
 
 

@@ -8,7 +8,6 @@ Without --model-dir a model is trained first (20 epochs per network; not part of
 """
 
 import argparse
-import json
 import os
 import time
 
@@ -16,7 +15,7 @@ import numpy as np
 
 import scmedal_lite as sm
 from scmedal_lite import genomaps
-from scmedal_lite.io import atomic_write
+from results_io import write_json
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -71,9 +70,7 @@ def main():
               "stack_seconds": round(t_stack, 1), "layout_seconds": round(t_layout, 1),
               "transform_seconds": round(t_transform, 2), "whole_step_seconds": round(t_whole, 1),
               "whole_step_with_cached_layout_seconds": round(t_cached, 1), "load_average": os.getloadavg()}
-    with atomic_write(args.out) as tmp:
-        with open(tmp, "w") as f:
-            json.dump(result, f, indent=1)
+    write_json(args.out, result)
     print(result)
 
 

@@ -19,7 +19,6 @@ scVI is an optional extra: ``pip install torch==2.13.0`` (the CPU build; see too
 """
 
 import argparse
-import json
 import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -30,8 +29,8 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 
 import scmedal_lite as sm  # noqa: E402
-from scmedal_lite.io import atomic_write  # noqa: E402
 from scmedal_lite.metrics import score_embeddings  # noqa: E402
+from results_io import write_json, write_text  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -88,7 +87,7 @@ def main():
     ap.add_argument("--out", default=os.path.join(HERE, "results", "peer_scvi"))
     args = ap.parse_args()
     try:
-        import scvi  # noqa: F401
+        import scvi  # noqa: F401  (only checks the optional extra is there)
     except ImportError as err:
         raise SystemExit("scVI is an optional extra: `pip install torch==2.13.0` (CPU build) then "
                          f"`pip install scvi-tools` into this environment ({err}).")
@@ -128,10 +127,7 @@ def main():
                  "batches": int(adata.obs["sample_id"].nunique())},
         "models": rows,
     }
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with atomic_write(args.out + ".json") as tmp:
-        with open(tmp, "w") as f:
-            json.dump(result, f, indent=1)
+    write_json(args.out + ".json", result)
     head = ("| model | batch | epochs run | best epoch | s / epoch (median) | s to stop | vs scVI | "
             "test batch ASW | test cell-type ASW |")
     lines = ["# Time per epoch and to the early-stopping point: scMEDAL FE / RE vs scVI", "",
@@ -141,9 +137,7 @@ def main():
         lines.append(f"| {name} | {r['batch_size']} | {r['epochs_run']} | {r['best_epoch']} | "
                      f"{r['seconds_per_epoch_median']:.2f} | {r['seconds']:.0f} | {r['seconds_vs_scvi']:.2f} | "
                      f"{r.get('asw_batch', float('nan')):.3f} | {r.get('asw_celltype', float('nan')):.3f} |")
-    with atomic_write(args.out + ".md") as tmp:
-        with open(tmp, "w") as f:
-            f.write("\n".join(lines) + "\n")
+    write_text(args.out + ".md", lines)
     print("\n".join(lines))
 
 

@@ -11,18 +11,17 @@ step budget of the default preset would give about 56 epochs on this data.
 """
 
 import argparse
-import json
 import os
 import platform
 import time
 import warnings
 
-import numpy as np
 import pandas as pd
 
 import scmedal_lite as sm
 from scmedal_lite import baselines, classify, metrics
 from scmedal_lite.io import atomic_write
+from results_io import write_json, write_text
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SCORE_METRICS = ["asw", "inv_db", "ch", "batch_asw_scib", "ilisi", "knn_batch_fraction", "celltype_asw_scib",
@@ -121,13 +120,9 @@ def main():
         wide = part.pivot_table(index="features", columns="metric", values="value", aggfunc="first")
         title = "cell-level splits" if scheme == "cells" else "leave-batches-out splits"
         lines += [f"## MEC ({title}), % on test", "", wide.to_markdown(), ""]
-    with atomic_write(out + ".md") as tmp:
-        with open(tmp, "w") as f:
-            f.write("\n".join(lines))
-    with atomic_write(out + ".json") as tmp:
-        with open(tmp, "w") as f:
-            json.dump({"command": command, "total_seconds": total, "epochs": args.epochs, "folds": args.folds,
-                       "cpus": os.cpu_count()}, f, indent=1)
+    write_text(out + ".md", lines)
+    write_json(out + ".json", {"command": command, "total_seconds": total, "epochs": args.epochs,
+                               "folds": args.folds, "cpus": os.cpu_count()})
     log(f"wrote {out}.md")
 
 

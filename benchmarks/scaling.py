@@ -15,6 +15,8 @@ import subprocess
 import sys
 import time
 
+from results_io import write_json, write_text
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 CHILD = r"""
@@ -48,7 +50,6 @@ print(json.dumps({"cells": adata.n_obs, "mode": mode, "load_s": round(load, 1), 
 def make_tiled(n_cells, path):
     import anndata
     import numpy as np
-    import pandas as pd
     from scipy import sparse
 
     import scmedal_lite as sm
@@ -101,15 +102,12 @@ def main():
     base = table.groupby("mode")["epoch2_s"].transform("first") / table.groupby("mode")["cells"].transform("first")
     table["s_per_epoch_per_30k_cells"] = (table["epoch2_s"] / table["cells"] * 30_000).round(2)
     table["linearity_vs_smallest"] = (table["epoch2_s"] / (base * table["cells"])).round(2)
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out + ".json", "w") as f:
-        json.dump({"command": "python benchmarks/scaling.py", "rows": table.to_dict(orient="records"),
-                   "cpus": os.cpu_count()}, f, indent=1)
+    write_json(args.out + ".json", {"command": "python benchmarks/scaling.py",
+                                    "rows": table.to_dict(orient="records"), "cpus": os.cpu_count()})
     cols = ["cells", "mode", "epoch2_s", "s_per_epoch_per_30k_cells", "linearity_vs_smallest", "peak_rss_mb",
             "file_mb", "load_s", "setup_s"]
-    with open(args.out + ".md", "w") as f:
-        f.write("# FE epoch time and peak memory against cells (tiled COVID PBMC)\n\n"
-                "`python benchmarks/scaling.py`\n\n" + table[cols].to_markdown(index=False) + "\n")
+    write_text(args.out + ".md", ["# FE epoch time and peak memory against cells (tiled COVID PBMC)", "",
+                                  "`python benchmarks/scaling.py`", "", table[cols].to_markdown(index=False)])
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -7,7 +7,6 @@ order, random-effect sampling). Also checks that a repeated seed reproduces its 
 """
 
 import argparse
-import json
 import os
 import time
 
@@ -15,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 import scmedal_lite as sm
-from scmedal_lite.io import atomic_write
+from results_io import write_json
 from scmedal_lite.metrics import score_embeddings
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -53,10 +52,7 @@ def main():
               "same_seed_identical_latents": bool(identical), "per_seed": rows,
               "summary": summary.reset_index().to_dict("records"),
               "seconds": round(time.perf_counter() - start)}
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with atomic_write(args.out + ".json") as tmp:
-        with open(tmp, "w") as f:
-            json.dump(result, f, indent=1)
+    write_json(args.out + ".json", result)
     print(summary, "\nsame seed identical:", identical)
 
 

@@ -16,7 +16,6 @@ Everything is measured in one run so the ratios are comparable on a noisy shared
 """
 
 import argparse
-import json
 import os
 import platform
 import threading
@@ -25,7 +24,7 @@ import time
 import numpy as np
 
 import scmedal_lite as sm
-from scmedal_lite.io import atomic_write
+from results_io import write_json
 from scmedal_lite.metrics import score_embeddings
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -199,10 +198,7 @@ def main():
         result["time_to_quality"] = time_to_quality(adata)
         print({k: v for k, v in result["time_to_quality"].items() if k != "trace"}, flush=True)
     result["machine"]["load_average_end"] = os.getloadavg()
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with atomic_write(args.out + ".json") as tmp:
-        with open(tmp, "w") as f:
-            json.dump(result, f, indent=1)
+    write_json(args.out + ".json", result)
 
 
 if __name__ == "__main__":

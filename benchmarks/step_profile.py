@@ -21,7 +21,6 @@ same run (as ``speed.py`` measures them), give the time a perfect implementation
 
 import argparse
 import contextlib
-import json
 import os
 import platform
 import time
@@ -31,7 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 from scmedal_lite import layers as L
-from scmedal_lite.io import atomic_write
+from results_io import write_json
 from scmedal_lite.networks import FixedEffectsAE, RandomEffectsAE
 from scmedal_lite.training import seed_everything
 from speed import dense_flops, matmul_rates          # benchmarks/speed.py, next to this script
@@ -127,10 +126,7 @@ def main():
               "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "load_average": os.getloadavg(),
                           "tensorflow": tf.__version__, "keras": keras.__version__},
               "tf_float32_matmul_gflops": round(rate, 1), "steps": rows}
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with atomic_write(args.out + ".json") as tmp:
-        with open(tmp, "w") as f:
-            json.dump(result, f, indent=1)
+    write_json(args.out + ".json", result)
     print(f"matmul {rate:.0f} GFLOP/s")
     for v, r in rows.items():
         print(f"{v:20s} {r['ms_per_step_median']:6.1f} ms  x{r['vs_re']:.2f} of RE  "

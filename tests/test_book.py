@@ -52,6 +52,7 @@ def test_config_files_at_root():
         assert f"notebooks/{chapter}" in toc
 
 
+@pytest.mark.slow
 def test_every_chapter_has_its_figures(book):
     html, _, _ = book
     for chapter in CHAPTERS:
@@ -67,6 +68,7 @@ def test_every_chapter_has_its_figures(book):
         assert "Traceback" not in text, f"{chapter} shows an error"
 
 
+@pytest.mark.slow
 def test_prose_pages(book):
     html, _, _ = book
     method = (html / "book" / "method.html").read_text()
@@ -87,6 +89,7 @@ def test_prose_pages(book):
     assert (html / "index.html").exists()
 
 
+@pytest.mark.slow
 def test_rebuild_uses_the_execution_cache(book):
     _, first, second = book
     assert "Executing notebook" in first.stdout
@@ -94,6 +97,7 @@ def test_rebuild_uses_the_execution_cache(book):
     assert second.stdout.count("Using cached notebook") == len(CHAPTERS)
 
 
+@pytest.mark.slow
 def test_failing_notebook_fails_the_build(tmp_path):
     """With the book's own _config.yml, one notebook that raises makes the build fail."""
     import nbformat

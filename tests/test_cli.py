@@ -45,6 +45,7 @@ def args(data, out, *extra):
             "--condition-key", "status", "--out", str(out), *extra]
 
 
+@pytest.mark.slow
 def test_run_quick_writes_everything(data, tmp_path):
     before = sha256(data)
     out = tmp_path / "run"

@@ -106,6 +106,7 @@ def test_load_data_checks_keys(tmp_path):
 
 # -------------------------------------------------------------------------------------------- execution
 
+@pytest.mark.slow
 def test_notebooks_pass_under_nbmake(tmp_path_factory):
     """``pytest --nbmake`` on every notebook, in quick mode (SCMEDAL_QUICK=1, set for the nbmake run only)."""
     pytest.importorskip("nbmake")
@@ -119,6 +120,7 @@ def test_notebooks_pass_under_nbmake(tmp_path_factory):
         assert (out / name).exists(), name
 
 
+@pytest.mark.slow
 def test_papermill_on_another_file_with_other_keys(tmp_path):
     """Parameters arrive as strings, the file and its columns are new, and the input file is not modified."""
     pm = pytest.importorskip("papermill")

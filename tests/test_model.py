@@ -204,6 +204,8 @@ def test_xla_training_option(synth):
         latents.append(m.get_latent("fe"))
     assert np.isfinite(latents[0]).all()
     np.testing.assert_array_equal(latents[0], latents[1])
+    # XLA fuses and reorders float32 ops, and three epochs of training amplify those last-digit differences
+    # (no a-priori bound through training): the same training up to rounding means nearly equal latents
     assert np.corrcoef(latents[0].ravel(), latents[2].ravel())[0, 1] > 0.999     # 0.99997 seen
 
 

@@ -16,7 +16,7 @@ from sklearn.decomposition import PCA
 
 import scmedal_lite as sm
 from scmedal_lite.metrics import score_embeddings
-from results_io import write_json, write_text
+from scmedal_lite.io import write_json, write_text
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

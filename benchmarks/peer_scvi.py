@@ -30,7 +30,7 @@ import numpy as np  # noqa: E402
 
 import scmedal_lite as sm  # noqa: E402
 from scmedal_lite.metrics import score_embeddings  # noqa: E402
-from results_io import write_json, write_text  # noqa: E402
+from scmedal_lite.io import write_json, write_text  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

@@ -1,7 +1,7 @@
 """The paper's protocol on one dataset: k folds; FE, RE, AE, PCA and the baselines; scores; MEC on cell-level and
 leave-batches-out splits. Writes paper-style tables to benchmarks/results/reproduce_<name>.{csv,md,json}.
 
-Default: the real COVID PBMC data (batch = sample_id, label = coarse cell type, MEC target = cond_group).
+Default: the real COVID PBMC data (batch = sample_id, labels = coarse cell type, MEC target = the condition, cond_group).
 
     .venv/bin/python benchmarks/reproduce.py                       # 5 folds, 30 epochs per network
     .venv/bin/python benchmarks/reproduce.py --folds 2 --epochs 5  # a quick look
@@ -20,8 +20,7 @@ import pandas as pd
 
 import scmedal_lite as sm
 from scmedal_lite import baselines, classify, metrics
-from scmedal_lite.io import atomic_write
-from results_io import write_json, write_text
+from scmedal_lite.io import write_csv, write_json, write_text
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SCORE_METRICS = ["asw", "inv_db", "ch", "batch_asw_scib", "ilisi", "knn_batch_fraction", "celltype_asw_scib",
@@ -29,8 +28,8 @@ SCORE_METRICS = ["asw", "inv_db", "ch", "batch_asw_scib", "ilisi", "knn_batch_fr
 
 
 def cell_level_fold(adata, fold, args, log):
-    sm.pp.split_cells(adata, batch_key=args.batch_key, labels_key=args.label_key, fold=fold, n_folds=args.folds)
-    model = sm.SCMEDAL(adata, args.batch_key, args.label_key, seed=args.seed + fold)
+    sm.pp.split_cells(adata, batch_key=args.batch_key, labels_key=args.labels_key, fold=fold, n_folds=args.folds)
+    model = sm.SCMEDAL(adata, args.batch_key, args.labels_key, seed=args.seed + fold)
     tic = time.perf_counter()
     model.train(max_epochs=args.epochs, which=("fe", "re", "ae"), progress=False)
     timings = {f"train_{k}": v["seconds"] for k, v in model.trained.items()}
@@ -43,11 +42,11 @@ def cell_level_fold(adata, fold, args, log):
     test = (adata.obs["split"] == "test").to_numpy()
     scores = metrics.score_embeddings({k: v[test] for k, v in emb.items()},
                                       adata.obs[args.batch_key].to_numpy()[test],
-                                      adata.obs[args.label_key].to_numpy()[test], metrics=SCORE_METRICS,
+                                      adata.obs[args.labels_key].to_numpy()[test], metrics=SCORE_METRICS,
                                       seed=args.seed)
     scores.insert(0, "fold", fold)
     fe_latents = {k: v for k, v in emb.items() if k != "scMEDAL-RE"}
-    mec = classify.mixed_effects_classification(model, adata, target_key=args.target_key, fe_latents=fe_latents,
+    mec = classify.mixed_effects_classification(model, adata, condition_key=args.condition_key, fe_latents=fe_latents,
                                                 re_latent=emb["scMEDAL-RE"], re_alone=True)
     mec.insert(0, "fold", fold)
     mec.insert(1, "scheme", "cells")
@@ -60,8 +59,8 @@ def main():
     ap.add_argument("--name", default="covid_pbmc")
     ap.add_argument("--data", default=None, help=".h5ad with counts (default: the bundled COVID PBMC data)")
     ap.add_argument("--batch-key", default="sample_id")
-    ap.add_argument("--label-key", default="celltype_coarse")
-    ap.add_argument("--target-key", default="cond_group")
+    ap.add_argument("--labels-key", default="celltype_coarse")
+    ap.add_argument("--condition-key", default="cond_group")
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--seed", type=int, default=0)
@@ -83,8 +82,8 @@ def main():
     tic = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", sm.UnseenBatchWarning)
-        lbo = classify.cross_validate_mec(adata, batch_key=args.batch_key, labels_key=args.label_key,
-                                          target_key=args.target_key, scheme="batches", n_folds=args.folds,
+        lbo = classify.cross_validate_mec(adata, batch_key=args.batch_key, labels_key=args.labels_key,
+                                          condition_key=args.condition_key, scheme="batches", n_folds=args.folds,
                                           seed=args.seed, train_kwargs={"max_epochs": args.epochs},
                                           baselines=("pca",), progress=False)
     log(f"leave-batches-out MEC done in {time.perf_counter() - tic:.0f} s")
@@ -93,11 +92,9 @@ def main():
     score_summary = metrics.summarize_folds(scores)
     mec_summary = classify.summarize_mec(mec)
     out = os.path.join(HERE, "results", f"reproduce_{args.name}")
-    os.makedirs(os.path.dirname(out), exist_ok=True)
     for suffix, frame in (("scores.csv", scores), ("scores_summary.csv", score_summary), ("mec.csv", mec),
                           ("mec_summary.csv", mec_summary), ("timings.csv", pd.DataFrame(all_timings))):
-        with atomic_write(f"{out}_{suffix}") as tmp:
-            frame.to_csv(tmp, index=False)
+        write_csv(f"{out}_{suffix}", frame)
     total = time.perf_counter() - start
     command = (f"python benchmarks/reproduce.py --folds {args.folds} --epochs {args.epochs} --seed {args.seed}"
                + (f" --data {args.data}" if args.data else ""))
@@ -105,7 +102,7 @@ def main():
              f"Command: `{command}`  ", f"Wall time: {total / 60:.1f} min on {os.cpu_count()} CPUs "
              f"({platform.processor() or platform.machine()}). Epochs per network: {args.epochs} "
              "(the paper: 500; reduced to fit this machine).", "",
-             f"batch = `{args.batch_key}`, label = `{args.label_key}`, MEC target = `{args.target_key}`; "
+             f"batch = `{args.batch_key}`, label = `{args.labels_key}`, MEC target = `{args.condition_key}`; "
              f"{args.folds} folds, test split, mean [95% t-interval].", ""]
     for metric in ("asw", "inv_db", "ch", "batch_asw_scib", "ilisi", "knn_batch_fraction", "nmi", "ari",
                    "scib_overall"):

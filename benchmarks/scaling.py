@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 
-from results_io import write_json, write_text
+from scmedal_lite.io import write_figure, write_json, write_text
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -108,18 +108,16 @@ def main():
             "file_mb", "load_s", "setup_s"]
     write_text(args.out + ".md", ["# FE epoch time and peak memory against cells (tiled COVID PBMC)", "",
                                   "`python benchmarks/scaling.py`", "", table[cols].to_markdown(index=False)])
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(9, 3.5), layout="tight")
+    axes = fig.subplots(1, 2)
     for mode, part in table.groupby("mode"):
         axes[0].plot(part["cells"], part["epoch2_s"], "o-", label=mode)
         axes[1].plot(part["cells"], part["peak_rss_mb"], "o-", label=mode)
     axes[0].set(xlabel="cells", ylabel="seconds per FE epoch", xscale="log", yscale="log")
     axes[1].set(xlabel="cells", ylabel="peak RSS (MB)", xscale="log")
     axes[0].legend()
-    fig.tight_layout()
-    fig.savefig(args.out + ".png", dpi=100)
+    write_figure(args.out + ".png", fig, dpi=100, bbox_inches=None)
 
 
 if __name__ == "__main__":

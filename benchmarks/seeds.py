@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 import scmedal_lite as sm
-from results_io import write_json
+from scmedal_lite.io import write_json
 from scmedal_lite.metrics import score_embeddings
 
 HERE = os.path.dirname(os.path.abspath(__file__))

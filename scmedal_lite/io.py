@@ -1,13 +1,20 @@
-"""Writing outputs whole or not at all: temporary names in the same folder, then an atomic rename.
+"""Writing outputs whole or not at all: every file and folder the package, the notebooks and the benchmarks write.
 
-A run killed at any moment leaves the target either as it was (absent, or the old version) or complete
-and new, never half-written. What a kill can leave behind is a hidden temporary (``.<name>.*.tmp``) beside
-the target; it is never read and can be deleted.
+Each writer fills a temporary name in the target's folder, flushes it to disk (fsync), gives it the usual
+permissions (``0o666`` less the umask) and renames it onto the target. A run killed at any moment leaves the
+target either as it was (absent, or the old version) or complete and new, never half-written. What a kill
+can leave behind is a hidden temporary (``.<name>.*.tmp``) beside the target; it is never read and can be
+deleted. Folders are created as needed.
+
+- files: :func:`write_csv`, :func:`write_json`, :func:`write_text`, :func:`write_npy`, :func:`write_npz`,
+  :func:`write_figure`, :func:`write_h5ad`, and :func:`atomic_write` for any other writer;
+- folders: :func:`atomic_dir` (a whole folder, swapped in one step).
 
 Example
 -------
->>> with atomic_write("results/scores.csv") as tmp:
-...     df.to_csv(tmp)                 # results/scores.csv appears only when this block succeeds
+>>> write_csv("results/scores.csv", df)          # results/scores.csv appears only when complete
+>>> with atomic_write("results/model.h5") as tmp:
+...     h5py.File(tmp, "w")...                      # any writer that takes a path
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import json
 import os
 import shutil
 import sys
@@ -55,7 +63,8 @@ def _fsync_file(path: str) -> None:
 def atomic_write(path: str):
     """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically, on error it is removed.
 
-    The new file gets the usual permissions (``0o666`` less the umask), is flushed to disk, then renamed.
+    The new file gets the usual permissions (``0o666`` less the umask), is flushed to disk, then renamed;
+    the folder is created if needed.
     """
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
@@ -71,6 +80,76 @@ def atomic_write(path: str):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def write_text(path: str, text) -> str:
+    """Write ``text`` (a string, or a list of lines) to ``path``, UTF-8, ending with one newline."""
+    text = text if isinstance(text, str) else "\n".join(text)
+    with atomic_write(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text.rstrip("\n") + "\n")
+    return os.fspath(path)
+
+
+def _json_default(value):
+    """JSON for what ``json`` does not know: NumPy scalars and arrays, paths; anything else as its text."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return str(value)
+
+
+def write_json(path: str, obj, *, indent: int | None = 1) -> str:
+    """Write ``obj`` as JSON (NumPy values as numbers, paths and other objects as text)."""
+    with atomic_write(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=indent, default=_json_default)
+    return os.fspath(path)
+
+
+def write_csv(path: str, df, *, index: bool = False, **kwargs) -> str:
+    """Write a DataFrame as CSV (``index=False`` unless asked; other options go to ``DataFrame.to_csv``)."""
+    with atomic_write(path) as tmp:
+        df.to_csv(tmp, index=index, **kwargs)
+    return os.fspath(path)
+
+
+def write_npy(path: str, array) -> str:
+    """Write one array as ``.npy`` (no pickle)."""
+    import numpy as np
+
+    with atomic_write(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, np.asarray(array), allow_pickle=False)
+    return os.fspath(path)
+
+
+def write_npz(path: str, *, compressed: bool = False, **arrays) -> str:
+    """Write named arrays as ``.npz`` (``np.savez``, or ``np.savez_compressed`` with ``compressed=True``)."""
+    import numpy as np
+
+    with atomic_write(path) as tmp:
+        with open(tmp, "wb") as f:
+            (np.savez_compressed if compressed else np.savez)(f, **arrays)
+    return os.fspath(path)
+
+
+def write_figure(path: str, fig, *, dpi: int = 110, **kwargs) -> str:
+    """Save a matplotlib figure; the format comes from the file name (default PNG), the bounding box is
+    ``"tight"`` unless ``bbox_inches`` is given; other options go to ``Figure.savefig``."""
+    fmt = os.path.splitext(os.fspath(path))[1].lstrip(".").lower() or "png"
+    kwargs.setdefault("bbox_inches", "tight")
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format=fmt, **kwargs)
+    return os.fspath(path)
+
+
+def write_h5ad(path: str, adata) -> str:
+    """Write an AnnData as ``.h5ad``."""
+    with atomic_write(path) as tmp:
+        adata.write_h5ad(tmp)
+    return os.fspath(path)
 
 
 _RENAME_EXCHANGE = 2

@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 
 import nbformat
 
-from .io import atomic_write
+from .io import write_text
 
 __all__ = ["render_notebook", "write_report", "notebook_title"]
 
@@ -143,9 +143,7 @@ def write_report(notebooks: Sequence[str], out_dir: str, *, title: str = "scMEDA
     for path in notebooks:
         name = os.path.splitext(os.path.basename(path))[0]
         page = f"{name}.html"
-        with atomic_write(os.path.join(out_dir, page)) as tmp:
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.write(render_notebook(path))
+        write_text(os.path.join(out_dir, page), render_notebook(path))
         nb_title = notebook_title(nbformat.read(path, as_version=4))
         state = status.get(path, "")
         cls = "failed" if "fail" in state else "ok"
@@ -162,7 +160,5 @@ def write_report(notebooks: Sequence[str], out_dir: str, *, title: str = "scMEDA
              f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1><p>Written {stamp}.</p>"
              f"<h2>Notebooks</h2><ul>{''.join(rows)}</ul>{tables_html}{info_html}</body></html>\n")
     index_path = os.path.join(out_dir, "index.html")
-    with atomic_write(index_path) as tmp:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(index)
+    write_text(index_path, index)
     return index_path

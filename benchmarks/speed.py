@@ -24,7 +24,7 @@ import time
 import numpy as np
 
 import scmedal_lite as sm
-from results_io import write_json
+from scmedal_lite.io import write_json
 from scmedal_lite.metrics import score_embeddings
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -81,14 +81,10 @@ def epoch_flops(kind, n_train, n_val, genes, batches, batch_size=512):
 
 def epoch_times(adata, kind, epochs, **model_kwargs):
     from scmedal_lite.training import fit_network
-    import keras
     model = sm.SCMEDAL(adata, "sample_id", "celltype_coarse", **{k: v for k, v in model_kwargs.items()
                                                                  if k == "precision"})
     net = model._build(kind)
-    if kind == "fe":
-        net.compile(keras.optimizers.Adam(1e-3), keras.optimizers.Adam(1e-3))
-    else:
-        net.compile(keras.optimizers.Adam(1e-3))
+    net.compile(learning_rate=1e-3)
     train = model._inputs(kind, adata, model.train_mask)
     val = model._inputs(kind, adata, model.val_mask)
     hist, _ = fit_network(net, train, val, epochs=epochs, progress=False, early_stopping=False,

@@ -30,7 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 from scmedal_lite import layers as L
-from results_io import write_json
+from scmedal_lite.io import write_json
 from scmedal_lite.networks import FixedEffectsAE, RandomEffectsAE
 from scmedal_lite.training import seed_everything
 from speed import dense_flops, matmul_rates          # benchmarks/speed.py, next to this script
@@ -69,12 +69,10 @@ def build_step(variant, data):
     with ablation(variant):
         if variant.startswith("fe"):
             net = FixedEffectsAE(GENES, BATCHES)
-            net.build()
-            net.compile(keras.optimizers.Adam(1e-3), keras.optimizers.Adam(1e-3))
+            net.compile(learning_rate=1e-3)
         else:
             net = RandomEffectsAE(GENES, BATCHES, seed=0)
-            net.build()
-            net.compile(keras.optimizers.Adam(1e-3))
+            net.compile(learning_rate=1e-3)
         step = tf.function(net.train_step, jit_compile=variant.endswith("xla"))
         for _ in range(3):                               # trace (and compile) under the patch
             float(step(data)["loss"])

@@ -22,6 +22,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from .validate import InputError
+
 
 def _softplus_inverse(y: float) -> float:
     return float(np.log(np.expm1(y)))
@@ -84,9 +86,9 @@ class RandomEffects(keras.layers.Layer):
                  scale_init: str = "faithful", seed: int | None = None, **kwargs):
         super().__init__(**kwargs)
         if kl not in ("mc", "exact"):
-            raise ValueError(f"kl must be 'mc' or 'exact', got {kl!r}")
+            raise InputError(f"kl must be 'mc' or 'exact', got {kl!r}")
         if scale_init not in ("faithful", "clean"):
-            raise ValueError(f"scale_init must be 'faithful' or 'clean', got {scale_init!r}")
+            raise InputError(f"scale_init must be 'faithful' or 'clean', got {scale_init!r}")
         self.units, self.n_batches = int(units), int(n_batches)
         self.prior_scale, self.post_loc_init_scale = float(prior_scale), float(post_loc_init_scale)
         self.kl_weight, self.kl, self.scale_init, self.seed = float(kl_weight), kl, scale_init, seed

@@ -68,8 +68,6 @@ from collections.abc import Mapping, Sequence
 from functools import cached_property
 
 import numpy as np
-
-from .validate import InputError
 import pandas as pd
 from scipy import stats
 from sklearn.cluster import KMeans
@@ -81,6 +79,8 @@ from sklearn.metrics import (
     silhouette_samples,
 )
 from sklearn.neighbors import NearestNeighbors
+
+from .validate import InputError
 
 __all__ = [
     "METRICS",
@@ -111,9 +111,9 @@ OVERALL_LABEL = "overall"
 def _as_embedding(X, name: str = "embedding") -> np.ndarray:
     X = np.asarray(X, dtype=np.float64)
     if X.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D array (cells x dimensions), got shape {X.shape}")
+        raise InputError(f"{name} must be a 2-D array (cells x dimensions), got shape {X.shape}")
     if not np.isfinite(X).all():
-        raise ValueError(f"{name} contains NaN or infinite values ({int((~np.isfinite(X)).sum())} entries)")
+        raise InputError(f"{name} contains NaN or infinite values ({int((~np.isfinite(X)).sum())} entries)")
     return X
 
 
@@ -121,19 +121,19 @@ def _codes(values, what: str, n: int) -> np.ndarray:
     """Integer codes 0..K-1 for a label vector, after checking its length and missing values."""
     values = np.asarray(values)
     if values.ndim != 1:
-        raise ValueError(f"{what} must be one-dimensional, got shape {values.shape}")
+        raise InputError(f"{what} must be one-dimensional, got shape {values.shape}")
     if len(values) != n:
-        raise ValueError(f"{what} has {len(values)} entries but the embeddings have {n} cells")
+        raise InputError(f"{what} has {len(values)} entries but the embeddings have {n} cells")
     codes, _ = pd.factorize(values)
     if (codes < 0).any():
-        raise ValueError(f"{what} contains {int((codes < 0).sum())} missing values")
+        raise InputError(f"{what} contains {int((codes < 0).sum())} missing values")
     return codes
 
 
 def _require_groups(codes: np.ndarray, what: str, where: str = "") -> None:
     k = len(np.unique(codes))
     if k < 2:
-        raise ValueError(f"{what} needs at least 2 distinct values{where}, found {k}")
+        raise InputError(f"{what} needs at least 2 distinct values{where}, found {k}")
 
 
 def subsample_indices(n: int, sample_size: int | None = 10_000, seed: int = 0) -> np.ndarray:
@@ -150,7 +150,7 @@ def subsample_indices(n: int, sample_size: int | None = 10_000, seed: int = 0) -
     if sample_size is None or n <= sample_size:
         return np.arange(n)
     if sample_size < 2:
-        raise ValueError(f"sample_size must be at least 2, got {sample_size}")
+        raise InputError(f"sample_size must be at least 2, got {sample_size}")
     rng = np.random.default_rng(seed)
     return np.sort(rng.choice(n, size=int(sample_size), replace=False))
 
@@ -164,7 +164,7 @@ def _knn_indices(X: np.ndarray, k: int) -> np.ndarray:
     """Indices (n, k) of each cell's k nearest neighbours (Euclidean), the cell itself excluded."""
     n = X.shape[0]
     if not 1 <= k < n:
-        raise ValueError(f"n_neighbors must be between 1 and n_cells - 1 = {n - 1}, got {k}")
+        raise InputError(f"n_neighbors must be between 1 and n_cells - 1 = {n - 1}, got {k}")
     nn = NearestNeighbors(n_neighbors=k).fit(X)
     # kneighbors() without a query excludes each point from its own neighbours, duplicates included.
     return nn.kneighbors(return_distance=False)
@@ -303,7 +303,7 @@ def _resolve_metrics(metrics, have_labels: bool) -> list[str]:
     if not have_labels:
         need = [m for m in metrics if m in LABEL_METRICS]
         if need:
-            raise ValueError(f"metric(s) {need} need cell-type labels, but labels is None")
+            raise InputError(f"metric(s) {need} need cell-type labels, but labels is None")
     return metrics
 
 
@@ -357,11 +357,11 @@ def score_embeddings(
     (2, 14)
     """
     if not isinstance(embeddings, Mapping) or not embeddings:
-        raise ValueError("embeddings must be a non-empty mapping {name: array}, e.g. {'PCA': X}")
+        raise InputError("embeddings must be a non-empty mapping {name: array}, e.g. {'PCA': X}")
     arrays = {str(name): _as_embedding(X, f"embedding {name!r}") for name, X in embeddings.items()}
     sizes = {name: X.shape[0] for name, X in arrays.items()}
     if len(set(sizes.values())) > 1:
-        raise ValueError(f"embeddings have different numbers of cells: {sizes}")
+        raise InputError(f"embeddings have different numbers of cells: {sizes}")
     n = next(iter(sizes.values()))
 
     batch_codes = _codes(batch, "batch", n)
@@ -428,9 +428,9 @@ def summarize_folds(
     by = [by] if isinstance(by, str) else list(by)
     missing = [c for c in by + [value] if c not in df.columns]
     if missing:
-        raise ValueError(f"columns {missing} not found in the table (it has {list(df.columns)})")
+        raise InputError(f"columns {missing} not found in the table (it has {list(df.columns)})")
     if not 0 < confidence < 1:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+        raise InputError(f"confidence must be in (0, 1), got {confidence}")
     grouped = df.groupby(by, sort=False, dropna=False)[value]
     out = grouped.agg(n="count", mean="mean", std=lambda v: v.std(ddof=1)).reset_index()
     n = out["n"].to_numpy(dtype=np.float64)
@@ -459,10 +459,10 @@ def format_table(summary: pd.DataFrame, metric: str = "asw", *, decimals: int = 
         summary = summarize_folds(summary)
     missing = [c for c in ("embedding", "metric", "label", "mean", "ci_low", "ci_high") if c not in summary]
     if missing:
-        raise ValueError(f"summary lacks columns {missing}; pass the output of summarize_folds")
+        raise InputError(f"summary lacks columns {missing}; pass the output of summarize_folds")
     sub = summary[summary["metric"] == metric]
     if sub.empty:
-        raise ValueError(f"metric {metric!r} not in the summary; it has {list(summary['metric'].unique())}")
+        raise InputError(f"metric {metric!r} not in the summary; it has {list(summary['metric'].unique())}")
 
     def cell(row):
         mean = f"{row['mean']:.{decimals}f}"

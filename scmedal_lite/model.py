@@ -23,6 +23,7 @@ import os
 import time
 import warnings
 from collections.abc import Iterator, Sequence
+from dataclasses import asdict, replace
 
 import anndata
 import keras
@@ -32,21 +33,23 @@ import tensorflow as tf
 
 from . import __version__
 from .io import atomic_dir, atomic_write
-from .networks import AutoEncoder, FixedEffectsAE, RandomEffectsAE
-from .pp import SPLIT_KEY, invert_minmax
+from .networks import NETWORKS, build_network
+from .pp import SPLIT_KEY, invert_minmax, split_masks
 from .rows import OneHotRows, ScaledRows, stream_minmax
 from .presets import ARCHITECTURE, get_preset
-from .training import fit_network, seed_everything
+from .training import TrainSettings, fit_network, seed_everything
 from .validate import (InputError, as_bool, as_float, as_int, as_int_list, as_seed, check_adata, check_batches,
                        check_choice, check_obs_key, check_setup, parse_settings)
 
 log = logging.getLogger(__name__)
 
-KINDS = ("fe", "re", "ae")
 UNSEEN_RULES = ("mean", "prior")
 CF_MODES = ("full", "decoder")
 SETUP_FILE = "setup.json"
-FORMAT_VERSION = 1
+#: Format of ``setup.json`` this version writes. Format 1 (scmedal_lite 0.1.0 before the redesign) named the
+#: fitted min-max values ``scaling``; format 2 names them ``minmax``. Both are read.
+FORMAT_VERSION = 2
+READ_FORMATS = (1, 2)
 
 
 class UnseenBatchWarning(UserWarning):
@@ -100,8 +103,6 @@ class SCMEDAL:
         check_choice("quirks", quirks, ("faithful", "clean"))
         check_choice("kl", kl, ("mc", "exact"))
         check_choice("precision", precision, ("float32", "bfloat16"))
-        if layer is not None and layer not in adata.layers:
-            raise InputError(f"layer {layer!r} is not in adata.layers; layers are: {list(adata.layers)}.")
         if labels_key is not None:
             check_obs_key(adata, labels_key, role="labels_key")
         fec = as_bool("fec", fec)
@@ -131,27 +132,16 @@ class SCMEDAL:
             raise InputError(f"The training cells cover a single batch of {batch_key!r}; at least two are needed.")
         self.label_categories = (sorted(pd.unique(adata.obs[labels_key].astype(str)))
                                  if labels_key is not None else None)
-        self.scaling = stream_minmax(self._matrix(adata), np.flatnonzero(self.train_mask), mode=scaling)
+        self.minmax = stream_minmax(self._matrix(adata), np.flatnonzero(self.train_mask), mode=scaling)
         self.networks: dict[str, keras.Model] = {}
         self.history: dict[str, pd.DataFrame] = {}
         self.trained: dict[str, dict] = {}
 
     # ------------------------------------------------------------------ setup helpers
     def _split_masks(self, adata, split_key):
-        if split_key in adata.obs.columns:
-            split = adata.obs[split_key].astype(str).to_numpy()
-            bad = sorted(set(split) - {"train", "val", "test"})
-            if bad:
-                raise InputError(f"obs[{split_key!r}] must hold train / val / test, found {bad}.")
-            train, val = split == "train", split == "val"
-            if not train.any():
-                raise InputError(f"obs[{split_key!r}] has no 'train' cells.")
-            if not val.any():
-                raise InputError(f"obs[{split_key!r}] has no 'val' cells; early stopping needs validation cells.")
-            return train, val
-        rng = np.random.default_rng(self.seed)
-        val = rng.random(adata.n_obs) < 0.1
-        return ~val, val
+        """Training and validation masks: ``obs[split_key]``, or a seeded 10 % hold-out without that column."""
+        masks = split_masks(adata, split_key=split_key, require=("train", "val"), holdout_seed=self.seed)
+        return masks["train"], masks["val"]
 
     def _matrix(self, adata):
         """The expression matrix (dense, sparse or backed), not read into memory."""
@@ -176,7 +166,7 @@ class SCMEDAL:
     def rows(self, adata, rows: np.ndarray | None = None) -> ScaledRows:
         """A lazy, scaled view of ``adata``'s cells (all, or positions ``rows``) for streaming minibatches."""
         rows = np.arange(adata.n_obs) if rows is None else np.asarray(rows)
-        return ScaledRows(self._matrix(adata), rows, self.scaling, self._columns(adata))
+        return ScaledRows(self._matrix(adata), rows, self.minmax, self._columns(adata))
 
     def scale(self, adata=None) -> np.ndarray:
         """The min–max-scaled input the networks see (cells × model genes), dense float32."""
@@ -209,32 +199,10 @@ class SCMEDAL:
 
     # ------------------------------------------------------------------ networks
     def _build(self, kind: str) -> keras.Model:
-        """Build network ``kind`` under the configured precision (float32, or mixed bfloat16)."""
-        previous = keras.config.dtype_policy()
-        keras.config.set_dtype_policy("mixed_bfloat16" if self.config.get("precision") == "bfloat16"
-                                      else "float32")
-        try:
-            return self._build_network(kind)
-        finally:
-            keras.config.set_dtype_policy(previous)
-
-    def _build_network(self, kind: str) -> keras.Model:
-        cfg, G, K = self.config, len(self.var_names), len(self.batch_categories)
-        arch = dict(hidden=tuple(cfg["hidden"]), latent_dim=cfg["latent_dim"])
-        if kind == "fe":
-            n_labels = len(self.label_categories) if cfg["fec_head"] else None
-            weights = cfg["fec"] if cfg["fec_head"] else cfg["fe"]
-            net = FixedEffectsAE(G, K, n_labels=n_labels, name="scmedal_fe", **arch, **weights)
-        elif kind == "re":
-            re_kwargs = {"prior_scale": ARCHITECTURE["prior_scale"], "kl_weight": ARCHITECTURE["kl_weight"],
-                         "post_loc_init_scale": ARCHITECTURE["post_loc_init_scale"], "kl": cfg["kl"],
-                         "scale_init": cfg["quirks"]}
-            net = RandomEffectsAE(G, K, double_selu=cfg["quirks"] == "faithful", seed=self.seed,
-                                  re_kwargs=re_kwargs, name="scmedal_re", **arch, **cfg["re"])
-        else:
-            net = AutoEncoder(G, name="autoencoder", **arch)
-        net.build()
-        return net
+        """Build network ``kind`` for this model's genes, batches, labels and configuration."""
+        return build_network(kind, self.config, n_genes=len(self.var_names), n_batches=len(self.batch_categories),
+                             n_labels=len(self.label_categories) if self.label_categories else None,
+                             seed=self.seed)
 
     def _inputs(self, kind, adata, mask, unseen="mean"):
         """Row sources (streamed, never densified whole) for the network ``kind`` on cells ``mask``."""
@@ -271,8 +239,9 @@ class SCMEDAL:
 
         Early stopping watches ``val_loss``, the total validation loss each network really logs, and restores
         the best weights. Its default patience is the preset's ``patience`` epochs or ``patience_steps``
-        optimisation steps, whichever is longer (small data sets have few steps per epoch). ``faithful=True`` reproduces the authors' code instead: FE and RE train all
-        ``max_epochs`` and keep the final weights (their early stopping watched a metric that did not exist).
+        optimisation steps, whichever is longer (small data sets have few steps per epoch). ``faithful=True``
+        reproduces the authors' code instead: FE and RE train all ``max_epochs`` and keep the final weights
+        (their early stopping watched a metric that did not exist).
         ``max_epochs=None`` takes the preset's budget (see :meth:`epochs_for`). With ``checkpoint_dir`` the
         state is saved after every epoch and an interrupted call resumes from it. ``strategy``: a
         ``tf.distribute`` strategy (e.g. ``tf.distribute.MirroredStrategy()`` over several GPUs) for
@@ -286,49 +255,44 @@ class SCMEDAL:
         if self.adata is None:
             raise InputError("This model was loaded without data; load it with SCMEDAL.load(path, adata) "
                              "to train it.")
+        settings = self._settings(max_epochs, batch_size, learning_rate, early_stopping, patience, seed)
+        faithful, progress = as_bool("faithful", faithful), as_bool("progress", progress)
+        which = [which] if isinstance(which, str) else list(which)
+        for kind in which:
+            check_choice("which", kind, NETWORKS)
+        jit_compile = as_bool("jit_compile", jit_compile)
+        for kind in which:
+            stops = settings.early_stopping and not (faithful and kind in ("fe", "re"))
+            self._train_one(kind, replace(settings, early_stopping=stops), progress=progress,
+                            checkpoint_dir=checkpoint_dir, strategy=strategy, on_epoch_end=on_epoch_end,
+                            jit_compile=jit_compile)
+        return self
+
+    def _settings(self, max_epochs, batch_size, learning_rate, early_stopping, patience, seed) -> TrainSettings:
+        """The checked settings of :meth:`train`, with the preset's schedule filling what is not given."""
         sched = self.config["schedule"]
         batch_size = as_int("batch_size", sched["batch_size"] if batch_size is None else batch_size, minimum=1)
         lr = as_float("learning_rate", sched["learning_rate"] if learning_rate is None else learning_rate,
                       minimum=0.0, exclusive=True)
-        early_stopping, faithful = as_bool("early_stopping", early_stopping), as_bool("faithful", faithful)
-        progress = as_bool("progress", progress)
-        which = [which] if isinstance(which, str) else list(which)
+        early_stopping = as_bool("early_stopping", early_stopping)
+        n_train = int(self.train_mask.sum())
         if patience is None:
-            steps_per_epoch = max(1, math.ceil(int(self.train_mask.sum()) / batch_size))
+            steps_per_epoch = max(1, math.ceil(n_train / batch_size))
             patience = max(sched["patience"], math.ceil(sched.get("patience_steps", 0) / steps_per_epoch))
         patience = as_int("patience", patience, minimum=1)
         seed = self.seed if seed is None else as_seed("seed", seed)
-        n_train = int(self.train_mask.sum())
         epochs = as_int("max_epochs", max_epochs if max_epochs is not None else self.epochs_for(n_train, batch_size),
                         minimum=1)
-        for kind in which:
-            check_choice("which", kind, KINDS)
-        for kind in which:
-            self._train_one(kind, epochs, batch_size, lr, patience, seed,
-                            early_stopping and not (faithful and kind in ("fe", "re")), progress, checkpoint_dir,
-                            strategy, on_epoch_end, as_bool("jit_compile", jit_compile))
-        return self
+        return TrainSettings(max_epochs=epochs, batch_size=batch_size, learning_rate=lr,
+                             early_stopping=early_stopping, patience=patience, seed=seed)
 
-    def train_fe(self, max_epochs=None, **kwargs):
-        """Train the fixed-effects network only (see :meth:`train`)."""
-        return self.train(max_epochs, which=("fe",), **kwargs)
-
-    def train_re(self, max_epochs=None, **kwargs):
-        """Train the random-effects network only (see :meth:`train`)."""
-        return self.train(max_epochs, which=("re",), **kwargs)
-
-    def _train_one(self, kind, epochs, batch_size, lr, patience, seed, early_stopping, progress, checkpoint_dir,
-                   strategy=None, on_epoch_end=None, jit_compile=False):
-        seed_everything(seed)
+    def _train_one(self, kind: str, settings: TrainSettings, *, progress: bool, checkpoint_dir: str | None,
+                   strategy, on_epoch_end, jit_compile: bool) -> None:
+        seed_everything(settings.seed)
         scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
         with scope:
             net = self._build(kind)
-            if kind == "fe":
-                net.compile(optimizer=keras.optimizers.Adam(lr), adv_optimizer=keras.optimizers.Adam(lr))
-                net.adv_optimizer.build(net.adversary.trainable_variables)
-            else:
-                net.compile(optimizer=keras.optimizers.Adam(lr))
-            net.optimizer.build(net.trainable_variables)
+            net.compile(learning_rate=settings.learning_rate)      # builds its optimisers on its weights
         train = self._inputs(kind, self.adata, self.train_mask)
         val = self._inputs(kind, self.adata, self.val_mask)
         folder = os.path.join(checkpoint_dir, kind) if checkpoint_dir else None
@@ -336,10 +300,10 @@ class SCMEDAL:
         self.networks[kind] = net          # usable from on_epoch_end while it trains
         start = time.perf_counter()
         try:
-            history, best = fit_network(net, train, val, epochs=epochs, batch_size=batch_size, seed=seed,
-                                        early_stopping=early_stopping, patience=patience, progress=progress,
-                                        label=kind.upper(), checkpoint_dir=folder, strategy=strategy,
-                                        jit_compile=jit_compile,
+            history, best = fit_network(net, train, val, epochs=settings.max_epochs, batch_size=settings.batch_size,
+                                        seed=settings.seed, early_stopping=settings.early_stopping,
+                                        patience=settings.patience, progress=progress, label=kind.upper(),
+                                        checkpoint_dir=folder, strategy=strategy, jit_compile=jit_compile,
                                         on_epoch_end=None if on_epoch_end is None else
                                         (lambda epoch, logs: on_epoch_end(kind, epoch, logs)))
         except BaseException:
@@ -349,16 +313,17 @@ class SCMEDAL:
                 self.networks[kind] = previous
             raise
         elapsed = time.perf_counter() - start
-        net.grad_scale = 1.0
-        self.networks[kind], self.history[kind] = net, history
+        self.history[kind] = history
         self.trained[kind] = {"epochs_run": int(history.index[-1]), "best_epoch": best, "seconds": elapsed,
-                              "max_epochs": epochs, "batch_size": batch_size, "learning_rate": lr,
-                              "early_stopping": early_stopping, "patience": patience, "seed": seed}
+                              **asdict(settings)}
         log.info("%s: %d epochs in %.1f s (best epoch %d)", kind, len(history), elapsed, best)
 
     # ------------------------------------------------------------------ outputs
     def _net(self, kind):
-        check_choice("kind", kind, KINDS)
+        if isinstance(kind, anndata.AnnData):
+            raise InputError("The network kind comes first, as in get_latent: get_reconstruction(kind, adata), "
+                             "e.g. model.get_reconstruction('re', adata).")
+        check_choice("kind", kind, NETWORKS)
         if kind not in self.networks:
             raise InputError(f"The {kind.upper()} network is not trained yet; call model.train(which=[{kind!r}]).")
         return self.networks[kind]
@@ -371,17 +336,15 @@ class SCMEDAL:
             stop = min(start + chunk_size, adata.n_obs)
             yield adata.obs.iloc[start:stop], source[np.arange(start, stop)]
 
-    def _predict(self, fn, adata, chunk_size, needs_z=False, unseen="mean", z_override=None):
+    def _predict(self, fn, adata, chunk_size, needs_z=False, unseen="mean"):
+        """``fn`` over consecutive chunks of scaled cells (with each cell's batch design when ``needs_z``)."""
         adata = self.adata if adata is None else adata
-        if needs_z and z_override is None:        # RE needs each cell's batch (missing or new: the unseen rule)
+        if needs_z:                                # RE needs each cell's batch (missing or new: the unseen rule)
             check_obs_key(adata, self.batch_key, role="batch_key", allow_missing=True)
         out = []
         for obs, x in self._chunks(adata, chunk_size):
             if needs_z:
-                z = z_override if z_override is not None else \
-                    self.design(obs[self.batch_key].astype(str).to_numpy(), unseen=unseen)
-                if z.shape[0] != x.shape[0]:
-                    z = np.broadcast_to(z[:1], (x.shape[0], z.shape[1]))
+                z = self.design(obs[self.batch_key].astype(str).to_numpy(), unseen=unseen)
                 out.append(np.asarray(fn(x, z)))
             else:
                 out.append(np.asarray(fn(x)))
@@ -401,10 +364,11 @@ class SCMEDAL:
         return self._predict(self._compiled(f"{kind}:encode", lambda x: net.encode(x, training=False)),
                              adata, chunk_size)
 
-    def get_reconstruction(self, adata: anndata.AnnData | None = None, kind: str = "fe", *, scaled: bool = False,
+    def get_reconstruction(self, kind: str = "fe", adata: anndata.AnnData | None = None, *, scaled: bool = False,
                            unseen: str = "mean", chunk_size: int = 8192) -> np.ndarray:
-        """Reconstructed expression (cells × genes) in log-normalised units, or in the scaled units with
-        ``scaled=True``. RE reconstructions use each cell's own batch."""
+        """Reconstructed expression (cells × genes) of ``adata`` (default: the setup data) by network ``kind``,
+        in log-normalised units, or in the scaled units with ``scaled=True``. RE reconstructions use each
+        cell's own batch. Arguments in the order of :meth:`get_latent`: ``get_reconstruction("re", adata)``."""
         net = self._net(kind)
         if kind == "re":
             fn = self._compiled("re:call", lambda x, z: net((x, z), training=False))
@@ -412,7 +376,7 @@ class SCMEDAL:
         else:
             recon = self._predict(self._compiled(f"{kind}:call", lambda x: net(x, training=False)), adata,
                                   chunk_size)
-        return recon if scaled else invert_minmax(recon, self.scaling)
+        return recon if scaled else invert_minmax(recon, self.minmax)
 
     def _compiled(self, name, fn):
         """Cache of compiled (graph-mode) inference functions, traced once per input signature."""
@@ -454,7 +418,7 @@ class SCMEDAL:
                 z_b = np.zeros((x.shape[0], K), "float32")
                 z_b[:, self.batch_categories.index(b)] = 1.0
                 values = np.asarray(decode(encode(x, z_b) if mode == "full" else latent, z_b))
-                yield b, slice(start, start + x.shape[0]), values if scaled else invert_minmax(values, self.scaling)
+                yield b, slice(start, start + x.shape[0]), values if scaled else invert_minmax(values, self.minmax)
                 if bar is not None:
                     bar.update(x.shape[0])
             start += x.shape[0]
@@ -535,7 +499,7 @@ class SCMEDAL:
                 "keras_version": keras.__version__, "tensorflow_version": tf.__version__,
                 "batch_key": self.batch_key, "labels_key": self.labels_key, "layer": self.layer,
                 "genes": self.var_names.tolist(), "batch_categories": self.batch_categories,
-                "label_categories": self.label_categories, "scaling": self.scaling, "config": self.config,
+                "label_categories": self.label_categories, "minmax": self.minmax, "config": self.config,
                 "seed": self.seed, "trained": self.trained}
 
     def save(self, path: str, *, overwrite: bool = False) -> str:
@@ -571,17 +535,19 @@ class SCMEDAL:
         except (ValueError, RecursionError) as err:     # JSONDecodeError, UnicodeDecodeError, deep nesting
             raise InputError(f"{setup_path} is corrupt ({err}); save the model again.") from None
         if not isinstance(setup, dict):
-            check_setup(setup, path, KINDS)       # raises: not a saved model
-        if setup.get("format_version") != FORMAT_VERSION:
+            check_setup(setup, path, NETWORKS)       # raises: not a saved model
+        if setup.get("format_version") not in READ_FORMATS:
             raise InputError(f"{path!r} was saved in format {setup.get('format_version')!r} by scmedal_lite "
-                             f"{setup.get('scmedal_lite_version')!r}; this version ({__version__}) reads format "
-                             f"{FORMAT_VERSION}. Retrain, or install the version that saved it.")
-        check_setup(setup, path, KINDS)           # unexpected content is refused, never interpreted
+                             f"{setup.get('scmedal_lite_version')!r}; this version ({__version__}) reads formats "
+                             f"{list(READ_FORMATS)}. Retrain, or install the version that saved it.")
+        if setup["format_version"] == 1 and "scaling" in setup:
+            setup["minmax"] = setup.pop("scaling")          # format 1's name of the fitted min-max values
+        check_setup(setup, path, NETWORKS)           # unexpected content is refused, never interpreted
         self = cls.__new__(cls)
         self.batch_key, self.labels_key, self.layer = setup["batch_key"], setup["labels_key"], setup["layer"]
         self.var_names = pd.Index(setup["genes"])
         self.batch_categories, self.label_categories = setup["batch_categories"], setup["label_categories"]
-        self.scaling, self.config, self.seed = setup["scaling"], setup["config"], setup["seed"]
+        self.minmax, self.config, self.seed = setup["minmax"], setup["config"], setup["seed"]
         self.trained = setup["trained"]
         self.adata = None
         if adata is not None:

@@ -2,8 +2,10 @@
 random-effects (RE) Bayesian autoencoder.
 
 These are low-level building blocks; most users want :class:`scmedal_lite.SCMEDAL`, which prepares the data,
-trains these networks and returns AnnData. Layer code uses ``keras.ops``; the custom training steps use
-TensorFlow's ``GradientTape`` (the project's backend).
+trains these networks and returns AnnData. :func:`build_network` makes one from a model's configuration (the
+kind, ``"fe"``, ``"re"`` or ``"ae"``, picks the builder in :data:`BUILDERS`; a new kind is one more entry there).
+Each network's ``compile`` creates and builds its own optimisers; nothing outside this module does. Layer code
+uses ``keras.ops``; the custom training steps use TensorFlow's ``GradientTape`` (the project's backend).
 
 Example
 -------
@@ -21,6 +23,12 @@ import tensorflow as tf
 from keras import layers, ops
 
 from .layers import ClusterScaleBias, TiedDenseTranspose
+from .presets import ARCHITECTURE
+from .validate import check_choice
+
+#: Learning rate of the optimisers ``compile`` creates when none is given (the paper's Adam 1e-4).
+DEFAULT_LEARNING_RATE = 1e-4
+
 
 def _f32(t):
     return ops.cast(t, "float32")
@@ -107,6 +115,26 @@ class _TrackedModel(keras.Model):
 
     def _init_trackers(self):
         self.trackers = {n: keras.metrics.Mean(name=n) for n in self.loss_names}
+
+    def compile(self, optimizer=None, *, learning_rate: float = DEFAULT_LEARNING_RATE, **kwargs):
+        """Attach the optimiser (default ``Adam(learning_rate)``) and build it on the weights it updates.
+
+        Builds the network first if needed. Other keyword arguments go to ``keras.Model.compile``.
+        """
+        if optimizer is None:
+            optimizer = keras.optimizers.Adam(learning_rate)
+        super().compile(optimizer=optimizer, **kwargs)
+        if not self.built:
+            self.build()
+        self._build_optimizers()
+
+    def _build_optimizers(self):
+        self.optimizer.build(self.trainable_variables)
+
+    @property
+    def optimizers(self) -> list:
+        """Every optimiser of the network, in a fixed order (checkpoints save and restore their state)."""
+        return [self.optimizer]
 
     @property
     def metrics(self):
@@ -213,9 +241,23 @@ class FixedEffectsAE(AutoEncoder):
         width = sum(d.units for d in self.encoder.dense) + self.encoder.latent.units
         self.adversary.build((None, width))
 
-    def compile(self, optimizer=None, adv_optimizer=None, **kwargs):
-        super().compile(optimizer=optimizer or keras.optimizers.Adam(1e-4), **kwargs)
-        self.adv_optimizer = adv_optimizer or keras.optimizers.Adam(1e-4)
+    def compile(self, optimizer=None, adv_optimizer=None, *, learning_rate: float = DEFAULT_LEARNING_RATE,
+                **kwargs):
+        """Attach both optimisers (default ``Adam(learning_rate)`` each) and build each on its own weights:
+        ``optimizer`` on the autoencoder's (every trainable weight but the adversary's), ``adv_optimizer`` on
+        the adversary's."""
+        if optimizer is None:
+            optimizer = keras.optimizers.Adam(learning_rate)
+        self.adv_optimizer = adv_optimizer if adv_optimizer is not None else keras.optimizers.Adam(learning_rate)
+        super().compile(optimizer, learning_rate=learning_rate, **kwargs)
+
+    def _build_optimizers(self):
+        self.adv_optimizer.build(self.adversary.trainable_variables)
+        self.optimizer.build(self._ae_weights())
+
+    @property
+    def optimizers(self) -> list:
+        return [self.optimizer, self.adv_optimizer]
 
     def _adversary_input(self, x, training):
         return ops.concatenate(self.encoder(x, training=training), axis=-1)
@@ -261,19 +303,19 @@ class FixedEffectsAE(AutoEncoder):
         self.optimizer.apply_gradients(zip(tape.gradient(scaled, weights), weights))
         return self._record(inputs, out)
 
-    def test_step(self, data):
-        return self._record(data[0], self.loss_terms(data[0], False))
 
+class _RandomEffectsBlocks(layers.Layer):
+    """Base of the RE encoder and decoder: ``Dense → ClusterScaleBias(z)`` blocks, SELU between them.
 
-class RandomEffectsEncoder(layers.Layer):
-    """``x → Dense → CSB(z) → SELU`` blocks, then a SELU latent layer (no random effect on the latent)."""
+    Subclasses create ``self.dense`` and ``self.csb`` (one block each, same length, in that order: the
+    creation order fixes the seeded initial weights) and may add layers after the blocks (:meth:`_build_tail`).
+    """
 
-    def __init__(self, n_batches, hidden=(512, 132), latent_dim=50, seed=None, re_kwargs=None, **kwargs):
-        super().__init__(**kwargs)
-        self.dense = [layers.Dense(u, name=f"dense_{i}") for i, u in enumerate(hidden)]
-        self.csb = [ClusterScaleBias(u, n_batches, seed=None if seed is None else seed + 10 * i,
-                                     re_kwargs=re_kwargs, name=f"csb_{i}") for i, u in enumerate(hidden)]
-        self.latent = layers.Dense(latent_dim, activation="selu", name="latent")
+    @staticmethod
+    def _csb_blocks(widths, n_batches, seed, offset, re_kwargs):
+        """One :class:`ClusterScaleBias` per width; block ``i`` is seeded ``seed + offset + 10 i``."""
+        return [ClusterScaleBias(u, n_batches, seed=None if seed is None else seed + offset + 10 * i,
+                                 re_kwargs=re_kwargs, name=f"csb_{i}") for i, u in enumerate(widths)]
 
     def build(self, input_shapes):
         (_, width), z_shape = input_shapes
@@ -281,16 +323,38 @@ class RandomEffectsEncoder(layers.Layer):
             dense.build((None, width))
             width = dense.units
             csb.build([(None, width), z_shape])
+        self._build_tail(width)
+
+    def _build_tail(self, width):
+        """Build the layers that follow the blocks (input width ``width``); none by default."""
+
+    def _blocks(self, h, z, training, selu_last=True):
+        last = len(self.dense) - 1
+        for i, (dense, csb) in enumerate(zip(self.dense, self.csb)):
+            h = csb([dense(h), z], training=training)
+            if selu_last or i < last:
+                h = ops.selu(h)
+        return h
+
+
+class RandomEffectsEncoder(_RandomEffectsBlocks):
+    """``x → Dense → CSB(z) → SELU`` blocks, then a SELU latent layer (no random effect on the latent)."""
+
+    def __init__(self, n_batches, hidden=(512, 132), latent_dim=50, seed=None, re_kwargs=None, **kwargs):
+        super().__init__(**kwargs)
+        self.dense = [layers.Dense(u, name=f"dense_{i}") for i, u in enumerate(hidden)]
+        self.csb = self._csb_blocks(hidden, n_batches, seed, 0, re_kwargs)
+        self.latent = layers.Dense(latent_dim, activation="selu", name="latent")
+
+    def _build_tail(self, width):
         self.latent.build((None, width))
 
     def call(self, inputs, training=False):
         x, z = inputs
-        for dense, csb in zip(self.dense, self.csb):
-            x = ops.selu(csb([dense(x), z], training=training))
-        return self.latent(x)
+        return self.latent(self._blocks(x, z, training))
 
 
-class RandomEffectsDecoder(layers.Layer):
+class RandomEffectsDecoder(_RandomEffectsBlocks):
     """Untied decoder with a CSB block after every dense layer, output included.
 
     ``double_selu=True`` reproduces the authors' quirk (hidden Dense layers already SELU-activated, then
@@ -303,25 +367,11 @@ class RandomEffectsDecoder(layers.Layer):
         inner = "selu" if double_selu else None
         self.dense = [layers.Dense(u, activation=inner, name=f"dense_{i}") for i, u in enumerate(hidden)]
         self.dense.append(layers.Dense(n_genes, name="output"))
-        widths = [*hidden, n_genes]
-        self.csb = [ClusterScaleBias(u, n_batches, seed=None if seed is None else seed + 100 + 10 * i,
-                                     re_kwargs=re_kwargs, name=f"csb_{i}") for i, u in enumerate(widths)]
-
-    def build(self, input_shapes):
-        (_, width), z_shape = input_shapes
-        for dense, csb in zip(self.dense, self.csb):
-            dense.build((None, width))
-            width = dense.units
-            csb.build([(None, width), z_shape])
+        self.csb = self._csb_blocks([*hidden, n_genes], n_batches, seed, 100, re_kwargs)
 
     def call(self, inputs, training=False):
         h, z = inputs
-        last = len(self.dense) - 1
-        for i, (dense, csb) in enumerate(zip(self.dense, self.csb)):
-            h = csb([dense(h), z], training=training)
-            if i < last:
-                h = ops.selu(h)
-        return h
+        return self._blocks(h, z, training, selu_last=False)
 
 
 class RandomEffectsAE(_TrackedModel):
@@ -378,3 +428,58 @@ class RandomEffectsAE(_TrackedModel):
         out["kl"] = _mean_of(kl_enc) + _mean_of(kl_dec)
         out["loss"] = self.w_recon * out["recon_loss"] + self.w_clus * out["batch_loss"] + out["kl"]
         return out
+
+
+# ---------------------------------------------------------------------------------------------- factory
+
+def _architecture(config) -> dict:
+    return dict(hidden=tuple(config["hidden"]), latent_dim=config["latent_dim"])
+
+
+def _fixed_effects(config, n_genes, n_batches, n_labels, seed):
+    weights = config["fec"] if config["fec_head"] else config["fe"]
+    return FixedEffectsAE(n_genes, n_batches, n_labels=n_labels if config["fec_head"] else None,
+                          name="scmedal_fe", **_architecture(config), **weights)
+
+
+def _random_effects(config, n_genes, n_batches, n_labels, seed):
+    re_kwargs = {"prior_scale": ARCHITECTURE["prior_scale"], "kl_weight": ARCHITECTURE["kl_weight"],
+                 "post_loc_init_scale": ARCHITECTURE["post_loc_init_scale"], "kl": config["kl"],
+                 "scale_init": config["quirks"]}
+    return RandomEffectsAE(n_genes, n_batches, double_selu=config["quirks"] == "faithful", seed=seed,
+                           re_kwargs=re_kwargs, name="scmedal_re", **_architecture(config), **config["re"])
+
+
+def _autoencoder(config, n_genes, n_batches, n_labels, seed):
+    return AutoEncoder(n_genes, name="autoencoder", **_architecture(config))
+
+
+#: Builders by kind: ``builder(config, n_genes, n_batches, n_labels, seed) -> unbuilt network``.
+BUILDERS = {"fe": _fixed_effects, "re": _random_effects, "ae": _autoencoder}
+#: The kinds of network :func:`build_network` makes (fixed effects, random effects, plain autoencoder).
+NETWORKS = tuple(BUILDERS)
+
+
+def build_network(kind: str, config: dict, *, n_genes: int, n_batches: int, n_labels: int | None = None,
+                  seed: int | None = None) -> keras.Model:
+    """Build network ``kind`` (one of :data:`NETWORKS`) from a model configuration (``SCMEDAL.config``:
+    ``hidden``, ``latent_dim``, the loss weights ``fe`` / ``fec`` / ``re``, ``fec_head``, ``quirks``, ``kl``,
+    ``precision``). ``n_labels`` sizes the FEC head (used only with ``fec_head``); ``seed`` seeds the RE
+    layers. The weights are created under the configured precision (float32 or mixed bfloat16).
+
+    Example
+    -------
+    >>> import numpy as np
+    >>> config = {"hidden": [16], "latent_dim": 4, "fe": {"w_recon": 1000.0, "w_gen": 1.0}, "fec_head": False}
+    >>> build_network("fe", config, n_genes=20, n_batches=3).encode(np.zeros((2, 20), "float32")).shape
+    (2, 4)
+    """
+    check_choice("kind", kind, NETWORKS)
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_bfloat16" if config.get("precision") == "bfloat16" else "float32")
+    try:
+        net = BUILDERS[kind](config, n_genes, n_batches, n_labels, seed)
+        net.build()
+        return net
+    finally:
+        keras.config.set_dtype_policy(previous)

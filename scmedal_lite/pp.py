@@ -1,5 +1,8 @@
 """Preprocessing and splits: the paper's recipe on AnnData, scanpy-style (``adata`` first, options keyword-only).
 
+The split lives in one ``obs`` column, :data:`SPLIT_KEY` (``"split"``), with values train / val / test;
+:func:`split_masks` reads it back as boolean masks for the model, the classifier and the notebooks.
+
 Example
 -------
 >>> import scmedal_lite as sm
@@ -7,6 +10,7 @@ Example
 >>> sm.pp.prepare(adata, batch_key="sample_id")                 # counts kept in adata.layers["counts"]
 >>> sm.pp.split_cells(adata, batch_key="sample_id", labels_key="celltype_coarse", fold=0)
 >>> adata.obs["split"].value_counts()                             # train / val / test, 60/20/20
+>>> masks = sm.pp.split_masks(adata)                              # {"train": bool array, "val": ..., "test": ...}
 """
 
 from __future__ import annotations
@@ -20,11 +24,19 @@ from anndata import AnnData
 from scipy import sparse
 from sklearn.model_selection import StratifiedKFold
 
-from .validate import check_adata, check_obs_key
+from .validate import InputError, check_adata, check_obs_key
 
 log = logging.getLogger(__name__)
 
+#: The ``obs`` column of the train / val / test split, everywhere (model, classifier, notebooks).
 SPLIT_KEY = "split"
+#: The values of the split column.
+SPLITS = ("train", "val", "test")
+#: Share of the cells :func:`split_masks` holds out for validation when there is no split column.
+HOLDOUT_FRACTION = 0.1
+_WHY = {"val": "; early stopping needs validation cells.",
+        "test": "; scores are computed on test cells. Make a split with sm.pp.split_cells or "
+                "sm.classify.split_batch_fold."}
 
 
 def prepare(adata: AnnData, *, batch_key: str | None = None, n_top_genes: int = 2000, min_genes: int = 10,
@@ -44,7 +56,7 @@ def prepare(adata: AnnData, *, batch_key: str | None = None, n_top_genes: int = 
     sc.pp.filter_cells(adata, min_genes=min_genes)
     sc.pp.filter_genes(adata, min_cells=min_cells)
     if adata.n_obs == 0 or adata.n_vars == 0:
-        raise ValueError(f"No cells or genes left after QC (min_genes={min_genes}, min_cells={min_cells}); "
+        raise InputError(f"No cells or genes left after QC (min_genes={min_genes}, min_cells={min_cells}); "
                          "lower these thresholds.")
     adata.layers[counts_layer] = adata.X.copy()
     sc.pp.normalize_total(adata, target_sum=target_sum)
@@ -69,7 +81,7 @@ def split_cells(adata: AnnData, *, batch_key: str, labels_key: str | None = None
     """
     folds = cell_folds(adata, batch_key=batch_key, labels_key=labels_key, n_folds=n_folds, seed=seed)
     if not 0 <= fold < n_folds:
-        raise ValueError(f"fold must be in 0..{n_folds - 1}, got {fold}")
+        raise InputError(f"fold must be in 0..{n_folds - 1}, got {fold}")
     split = np.full(adata.n_obs, "train", dtype=object)
     split[folds == fold] = "test"
     split[folds == (fold + 1) % n_folds] = "val"
@@ -109,7 +121,7 @@ def split_batches(adata: AnnData, *, batch_key: str, test_batches=None, val_batc
     check_obs_key(adata, batch_key, role="batch_key")
     batches = pd.Index(pd.unique(adata.obs[batch_key].astype(str)))
     if len(batches) < 3:
-        raise ValueError(f"A leave-batches-out split needs at least 3 batches in '{batch_key}'; "
+        raise InputError(f"A leave-batches-out split needs at least 3 batches in '{batch_key}'; "
                          f"found {len(batches)}.")
     rng = np.random.default_rng(seed)
     if test_batches is None or val_batches is None:
@@ -132,15 +144,39 @@ def split_batches(adata: AnnData, *, batch_key: str, test_batches=None, val_batc
     test_batches, val_batches = [str(b) for b in test_batches], [str(b) for b in val_batches]
     unknown = sorted(set(test_batches + val_batches) - set(batches))
     if unknown:
-        raise ValueError(f"Batches {unknown} are not in adata.obs['{batch_key}'].")
+        raise InputError(f"Batches {unknown} are not in adata.obs['{batch_key}'].")
     if set(test_batches) & set(val_batches):
-        raise ValueError("A batch cannot be both in test_batches and val_batches.")
+        raise InputError("A batch cannot be both in test_batches and val_batches.")
     b = adata.obs[batch_key].astype(str).to_numpy()
     split = np.where(np.isin(b, test_batches), "test", np.where(np.isin(b, val_batches), "val", "train"))
     if not (split == "train").any():
-        raise ValueError("No training batches left; put fewer batches in test and validation.")
+        raise InputError("No training batches left; put fewer batches in test and validation.")
     adata.obs[key_added] = pd.Categorical(split, categories=["train", "val", "test"])
     return adata.obs[key_added]
+
+
+def split_masks(adata: AnnData, *, split_key: str = SPLIT_KEY, require=("train",),
+                holdout_seed: int | None = None) -> dict[str, np.ndarray]:
+    """Boolean masks ``{"train", "val", "test"}`` over the cells, read from ``adata.obs[split_key]``.
+
+    The column must hold only train / val / test; each split named in ``require`` must have cells. When the
+    column is absent and ``holdout_seed`` is given, a seeded :data:`HOLDOUT_FRACTION` (10 %) of the cells is
+    held out for validation and the rest is training (no test cells), as :class:`scmedal_lite.SCMEDAL` does;
+    without ``holdout_seed`` a missing column is an error.
+    """
+    if split_key not in adata.obs.columns and holdout_seed is not None:
+        val = np.random.default_rng(holdout_seed).random(adata.n_obs) < HOLDOUT_FRACTION
+        return {"train": ~val, "val": val, "test": np.zeros(adata.n_obs, dtype=bool)}
+    check_obs_key(adata, split_key, role="split_key")
+    split = adata.obs[split_key].astype(str).to_numpy()
+    bad = sorted(set(split) - set(SPLITS))
+    if bad:
+        raise InputError(f"obs[{split_key!r}] must hold train / val / test, found {bad}.")
+    masks = {name: split == name for name in SPLITS}
+    for name in require:
+        if not masks[name].any():
+            raise InputError(f"obs[{split_key!r}] has no {name!r} cells{_WHY.get(name, '.')}")
+    return masks
 
 
 # ---------------------------------------------------------------- scaling (fit on training cells only)
@@ -149,7 +185,7 @@ def fit_minmax(X, *, mode: str = "global") -> dict:
     """Min–max parameters of ``X`` (cells × genes): ``"global"`` (one min and max over the whole matrix, the
     paper's) or ``"gene"`` (per gene). Returns a JSON-friendly dict for :func:`apply_minmax`."""
     if mode not in ("global", "gene"):
-        raise ValueError(f"scaling must be 'global' or 'gene', got {mode!r}")
+        raise InputError(f"scaling must be 'global' or 'gene', got {mode!r}")
     if sparse.issparse(X):
         lo = X.min(axis=None if mode == "global" else 0)
         hi = X.max(axis=None if mode == "global" else 0)

@@ -3,7 +3,7 @@ the whole matrix, so training memory is bounded by the minibatch, not by cells Ã
 
 Example
 -------
->>> x = ScaledRows(adata.X, rows=np.flatnonzero(train_mask), scaling=model.scaling)   # doctest: +SKIP
+>>> x = ScaledRows(adata.X, rows=np.flatnonzero(train_mask), minmax=model.minmax)   # doctest: +SKIP
 >>> x[np.array([0, 5, 9])].shape                                                       # doctest: +SKIP
 (3, 1000)
 """
@@ -32,12 +32,13 @@ def to_dense(block) -> np.ndarray:
 class ScaledRows:
     """Selected rows of a matrix, minâ€“max scaled (and column-subset) on the fly, as dense float32.
 
-    ``rows``: the cells (row positions) this source exposes, in order; ``columns``: optional column
+    ``rows``: the cells (row positions) this source exposes, in order; ``minmax``: fitted min-max values
+    (:func:`scmedal_lite.pp.fit_minmax`, :func:`stream_minmax`); ``columns``: optional column
     positions (to match a model's genes). Indexing with positions ``0..len(rows)-1`` reads only those rows.
     """
 
-    def __init__(self, matrix, rows: np.ndarray, scaling: dict, columns: np.ndarray | None = None):
-        self.matrix, self.rows, self.scaling, self.columns = matrix, np.asarray(rows), scaling, columns
+    def __init__(self, matrix, rows: np.ndarray, minmax: dict, columns: np.ndarray | None = None):
+        self.matrix, self.rows, self.minmax, self.columns = matrix, np.asarray(rows), minmax, columns
         n_cols = matrix.shape[1] if columns is None else len(columns)
         self.shape = (len(self.rows), n_cols)
 
@@ -51,7 +52,7 @@ class ScaledRows:
         if self.columns is not None:
             block = block[:, self.columns]
         out = np.empty_like(block, dtype="float32")
-        out[order] = apply_minmax(block, self.scaling)
+        out[order] = apply_minmax(block, self.minmax)
         return out
 
     def dense(self, chunk_size: int = 8192) -> np.ndarray:

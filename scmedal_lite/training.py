@@ -1,5 +1,6 @@
 """The training loop: compiled steps, seeded minibatches, early stopping on a real validation loss, progress bar,
-and checkpoints that let an interrupted run resume exactly where it stopped.
+and checkpoints that let an interrupted run resume exactly where it stopped. :class:`TrainSettings` holds what
+a training run is asked to do (and what the model records of it).
 
 It replaces ``keras.Model.fit`` for three reasons: minibatches can be drawn from sparse or backed matrices
 without densifying everything; minibatch order depends only on ``(seed, epoch)``, so a resumed run is identical
@@ -17,16 +18,30 @@ import logging
 import os
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import keras
 import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from .io import atomic_write
+from .io import atomic_write, write_json, write_npz
 from .rows import to_dense
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """What one network's training is asked to do; ``dataclasses.asdict`` of it is what
+    :attr:`scmedal_lite.SCMEDAL.trained` records (next to ``epochs_run``, ``best_epoch`` and ``seconds``)."""
+
+    max_epochs: int
+    batch_size: int
+    learning_rate: float
+    early_stopping: bool
+    patience: int
+    seed: int
 
 
 def seed_everything(seed: int) -> None:
@@ -74,9 +89,6 @@ class Checkpointer:
     def _path(self, name):
         return os.path.join(self.folder, name)
 
-    def _optimizers(self):
-        return [o for o in (self.net.optimizer, getattr(self.net, "adv_optimizer", None)) if o is not None]
-
     def _rng_states(self):
         """Random-generator states (keras SeedGenerator): in ``net.variables`` but not in the weights file."""
         weights = {id(w) for w in self.net.weights}
@@ -89,34 +101,29 @@ class Checkpointer:
         with atomic_write(self._path(weights)) as tmp:
             _save_weights(self.net, tmp)
         arrays = {f"o{i}_{j}": keras.ops.convert_to_numpy(v)
-                  for i, opt in enumerate(self._optimizers()) for j, v in enumerate(opt.variables)}
+                  for i, opt in enumerate(self.net.optimizers) for j, v in enumerate(opt.variables)}
         if stopper.best_weights is not None:
             arrays.update({f"best_{j}": w for j, w in enumerate(stopper.best_weights)})
         arrays.update({f"rng_{j}": keras.ops.convert_to_numpy(v) for j, v in enumerate(self._rng_states())})
-        with atomic_write(self._path(arrays_file)) as tmp:
-            with open(tmp, "wb") as f:
-                np.savez(f, **arrays)
-        with atomic_write(self._path("state.json")) as tmp:
-            with open(tmp, "w") as f:
-                json.dump({"epochs_done": epoch, "history": history, "best": stopper.best,
-                           "best_epoch": stopper.best_epoch, "wait": stopper.wait,
-                           "weights": weights, "arrays": arrays_file}, f)
+        write_npz(self._path(arrays_file), **arrays)
+        write_json(self._path("state.json"), {"epochs_done": epoch, "history": history, "best": stopper.best,
+                                              "best_epoch": stopper.best_epoch, "wait": stopper.wait,
+                                              "weights": weights, "arrays": arrays_file}, indent=None)
         for name in os.listdir(self.folder):          # the previous epoch's pair, now superseded
             if name.startswith(("weights-", "state-")) and name not in (weights, arrays_file):
                 os.remove(self._path(name))
 
     def restore(self, stopper: "EarlyStopper") -> tuple[int, list[dict]]:
-        """Load the last checkpoint if there is one; returns (epochs done, history so far)."""
+        """Load the last checkpoint if there is one; returns (epochs done, history so far).
+
+        The network must be compiled (its ``compile`` builds the optimisers whose state is restored)."""
         if not os.path.exists(self._path("state.json")):
             return 0, []
         with open(self._path("state.json")) as f:
             state = json.load(f)
-        for i, opt in enumerate(self._optimizers()):   # built on the variables each optimiser updates
-            opt.build(getattr(self.net, "_ae_weights", lambda: self.net.trainable_variables)() if i == 0
-                      else self.net.adversary.trainable_variables)
         self.net.load_weights(self._path(state.get("weights", "weights.weights.h5")))
         saved = np.load(self._path(state.get("arrays", "state.npz")), allow_pickle=False)
-        for i, opt in enumerate(self._optimizers()):
+        for i, opt in enumerate(self.net.optimizers):
             for j, var in enumerate(opt.variables):
                 var.assign(saved[f"o{i}_{j}"])
         for j, var in enumerate(self._rng_states()):
@@ -167,7 +174,6 @@ def _steps(net, strategy, jit_compile):
         return (tf.function(net.train_step, jit_compile=jit_compile, reduce_retracing=True),
                 tf.function(net.test_step, jit_compile=jit_compile, reduce_retracing=True))
     n = strategy.num_replicas_in_sync
-    net.grad_scale = 1.0 / n
 
     def distributed(step):
         @tf.function(reduce_retracing=True)
@@ -185,6 +191,32 @@ def _steps(net, strategy, jit_compile):
     return distributed(net.train_step), distributed(net.test_step)
 
 
+def _epoch(net, steps, train, val, order, batch_size, eval_batch_size) -> dict:
+    """One pass over the training minibatches (in ``order``), then the validation chunks; returns the logs."""
+    train_step, test_step = steps
+    tic = time.perf_counter()
+    net.reset_metrics()
+    batches = [np.sort(order[i:i + batch_size]) for i in range(0, len(order), batch_size)]
+    for batch in _prefetched(train, batches):
+        logs = train_step((batch,))
+    logs = {k: float(v) for k, v in logs.items()}
+    net.reset_metrics()
+    n_val = _n_rows(val)
+    for i in range(0, n_val, eval_batch_size):
+        index = np.arange(i, min(i + eval_batch_size, n_val))
+        val_logs = test_step((tuple(take_rows(a, index) for a in val),))
+    logs.update({f"val_{k}": float(v) for k, v in val_logs.items()})
+    logs["seconds"] = time.perf_counter() - tic
+    return logs
+
+
+def _progress_bar(enabled, epochs, start, label):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+    return tqdm(total=epochs, initial=start, desc=f"{label} epochs".strip(), unit="epoch")
+
+
 def fit_network(net: keras.Model, train: Sequence, val: Sequence, *, epochs: int, batch_size: int = 512,
                 seed: int = 0, early_stopping: bool = True, patience: int = 30, progress: bool = True,
                 label: str = "", checkpoint_dir: str | None = None, jit_compile: bool = False,
@@ -193,7 +225,8 @@ def fit_network(net: keras.Model, train: Sequence, val: Sequence, *, epochs: int
 
     With ``strategy`` (a ``tf.distribute`` strategy whose scope built and compiled ``net``), every minibatch
     is split across the replicas and their gradients are summed (data parallelism on several GPUs or CPU
-    devices). ``train`` and ``val`` are tuples of row sources (dense arrays, sparse matrices, or objects with
+    devices): ``net.grad_scale`` is set to 1/replicas for the run and restored afterwards, whatever happens.
+    ``train`` and ``val`` are tuples of row sources (dense arrays, sparse matrices, or objects with
     ``shape`` and ``__getitem__(index_array)``) in the order the network's ``train_step`` expects.
     ``on_epoch_end(epoch, logs)`` is called after each epoch; returning True stops training.
     Epoch ``e`` shuffles with ``np.random.default_rng([seed, e])``. With ``early_stopping`` the best weights
@@ -201,44 +234,32 @@ def fit_network(net: keras.Model, train: Sequence, val: Sequence, *, epochs: int
     of ``eval_batch_size`` cells: with training minibatches, these chunks (not the number of cells) set the
     working memory (8,192-cell chunks took about 300 MB more than 2,048-cell ones; benchmarks/scaling.py).
     """
-    train_step, test_step = _steps(net, strategy, jit_compile)
+    steps = _steps(net, strategy, jit_compile)
     stopper = EarlyStopper(patience, enabled=early_stopping)
     ckpt = Checkpointer(checkpoint_dir, net) if checkpoint_dir else None
     start, history = ckpt.restore(stopper) if ckpt else (0, [])
     if stopper.enabled and stopper.wait >= stopper.patience:     # the checkpointed run had stopped early
         start = max(start, epochs)
-    n_train, n_val = _n_rows(train), _n_rows(val)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=epochs, initial=start, desc=f"{label} epochs".strip(), unit="epoch")
-    for epoch in range(start + 1, epochs + 1):
-        tic = time.perf_counter()
-        order = np.random.default_rng([seed, epoch]).permutation(n_train)
-        net.reset_metrics()
-        batches = [np.sort(order[i:i + batch_size]) for i in range(0, n_train, batch_size)]
-        for batch in _prefetched(train, batches):
-            logs = train_step((batch,))
-        logs = {k: float(v) for k, v in logs.items()}
-        net.reset_metrics()
-        for i in range(0, n_val, eval_batch_size):
-            index = np.arange(i, min(i + eval_batch_size, n_val))
-            val_logs = test_step((tuple(take_rows(a, index) for a in val),))
-        logs.update({f"val_{k}": float(v) for k, v in val_logs.items()})
-        logs["seconds"] = time.perf_counter() - tic
-        history.append(logs)
-        stop = stopper.update(epoch, logs, net)
-        if ckpt:
-            ckpt.save(epoch, history, stopper)
+    bar = _progress_bar(progress, epochs, start, label)
+    grad_scale = net.grad_scale
+    net.grad_scale = grad_scale if strategy is None else 1.0 / strategy.num_replicas_in_sync
+    try:
+        for epoch in range(start + 1, epochs + 1):
+            order = np.random.default_rng([seed, epoch]).permutation(_n_rows(train))
+            logs = _epoch(net, steps, train, val, order, batch_size, eval_batch_size)
+            history.append(logs)
+            stop = stopper.update(epoch, logs, net)
+            if ckpt:
+                ckpt.save(epoch, history, stopper)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{logs['loss']:.4g}", val_loss=f"{logs['val_loss']:.4g}", refresh=False)
+            if (on_epoch_end is not None and on_epoch_end(epoch, logs)) or stop:
+                break
+    finally:
+        net.grad_scale = grad_scale
         if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{logs['loss']:.4g}", val_loss=f"{logs['val_loss']:.4g}", refresh=False)
-        if on_epoch_end is not None and on_epoch_end(epoch, logs):
-            stop = True
-        if stop:
-            break
-    if bar is not None:
-        bar.close()
+            bar.close()
     stopper.restore_best(net)
     frame = pd.DataFrame(history, index=pd.RangeIndex(1, len(history) + 1, name="epoch"))
     best = stopper.best_epoch if early_stopping else len(history)

@@ -116,11 +116,29 @@ def check_adata(adata, *, expect: str | None = None, layer: str | None = None, i
                       "log-normalised layer.", UserWarning, stacklevel=3)
 
 
-def looks_like_counts(values) -> bool:
-    """True when ``values`` (a sample of a matrix's entries) are non-negative integers with a maximum above 20."""
-    values = np.asarray(values, dtype="float64")
+def looks_like_counts(data) -> bool:
+    """True when ``data`` look like raw counts: non-negative integers with a maximum above 20.
+
+    ``data`` is an AnnData (its ``X``), a matrix (dense, sparse or backed) or an array of values. Only the first
+    200,000 stored values are looked at (sparse: the non-zeros). Small integers (max <= 20) are undecided and
+    count as not counts. One definition for the whole package: :func:`check_adata` warns with it, and
+    :func:`scmedal_lite.tutorial.load_data` decides with it whether to run :func:`scmedal_lite.pp.prepare`.
+    """
+    values = _sample_values(data.X if isinstance(data, AnnData) else data).astype("float64")
     return bool(values.size and (values >= 0).all() and np.allclose(values, np.round(values))
                 and values.max() > 20)
+
+
+def _sample_values(X, n: int = _SAMPLE_VALUES) -> np.ndarray:
+    """The first ``n`` stored values of ``X`` (read block by block, so a large or backed matrix is not read whole)."""
+    sample, kept = [], 0
+    for block in _row_blocks(X):
+        part = np.asarray(block).ravel()[: n - kept]
+        sample.append(part)
+        kept += part.size
+        if kept >= n:
+            break
+    return np.concatenate(sample) if sample else np.zeros(0)
 
 
 def _row_blocks(X):
@@ -276,6 +294,26 @@ def as_bool(name: str, value) -> bool:
     raise InputError(f"{name} must be true or false, got {value!r}.")
 
 
+def as_mask(name: str, value, n: int, *, all_if_none: bool = False) -> np.ndarray:
+    """A boolean mask with one entry per cell (``n`` cells) that selects at least one cell.
+
+    ``None`` selects every cell with ``all_if_none=True`` (and is refused otherwise)."""
+    if value is None and all_if_none:
+        return np.ones(n, dtype=bool)
+    m = np.asarray(value)
+    if m.dtype != bool or m.shape != (n,):
+        raise InputError(f"{name} must be a boolean array with one entry per cell ({n}); "
+                         f"got dtype {m.dtype}, shape {m.shape}.")
+    if not m.any():
+        raise InputError(f"{name} selects no cells.")
+    return m
+
+
+def as_names(value) -> list[str]:
+    """A list of names (str) from one name or a sequence of names."""
+    return [value] if isinstance(value, str) else [str(v) for v in value]
+
+
 def as_int_list(name: str, value, *, minimum: int | None = 1) -> list[int]:
     """A list of integers from a list / tuple, or from text such as ``"512,132"`` or ``"[512, 132]"``."""
     items = value
@@ -335,7 +373,7 @@ def parse_settings(part: str, values, defaults: dict) -> dict:
 #: ``setup.json`` fields and their JSON types; :func:`check_setup` refuses anything else.
 SETUP_FIELDS = {"format_version": int, "batch_key": str, "labels_key": (str, type(None)),
                 "layer": (str, type(None)), "genes": list, "batch_categories": list,
-                "label_categories": (list, type(None)), "scaling": dict, "config": dict, "seed": int,
+                "label_categories": (list, type(None)), "minmax": dict, "config": dict, "seed": int,
                 "trained": dict}
 
 
@@ -372,11 +410,11 @@ def check_setup(setup, path: str, kinds) -> None:
     except (KeyError, TypeError, InputError) as err:
         raise InputError(f"{where} is malformed: config is not what this version writes ({err}). "
                          "Save the model again.") from None
-    scaling = setup["scaling"]
-    if scaling.get("mode") not in ("global", "gene") or not all(
-            isinstance(scaling.get(k), list) and all(isinstance(v, (int, float)) for v in scaling[k])
+    minmax = setup["minmax"]
+    if minmax.get("mode") not in ("global", "gene") or not all(
+            isinstance(minmax.get(k), list) and all(isinstance(v, (int, float)) for v in minmax[k])
             for k in ("min", "max")):
-        raise InputError(f"{where} is malformed: scaling must be {{'mode', 'min', 'max'}} numbers.")
-    n = 1 if scaling["mode"] == "global" else len(setup["genes"])
-    if len(scaling["min"]) != n or len(scaling["max"]) != n:
-        raise InputError(f"{where} is malformed: scaling has {len(scaling['min'])} values, expected {n}.")
+        raise InputError(f"{where} is malformed: minmax must be {{'mode', 'min', 'max'}} numbers.")
+    n = 1 if minmax["mode"] == "global" else len(setup["genes"])
+    if len(minmax["min"]) != n or len(minmax["max"]) != n:
+        raise InputError(f"{where} is malformed: minmax has {len(minmax['min'])} values, expected {n}.")

@@ -19,7 +19,7 @@ SMALL = dict(hidden=[64, 32], latent_dim=8)
 def test_shapes_and_history(trained, synth):
     assert trained.get_latent("fe").shape == (synth.n_obs, 8)
     assert trained.get_latent("re").shape == (synth.n_obs, 8)
-    assert trained.get_reconstruction(kind="fe").shape == synth.shape
+    assert trained.get_reconstruction("fe").shape == synth.shape
     for kind in ("fe", "re"):
         hist = trained.history[kind]
         assert {"loss", "val_loss", "recon_loss"} <= set(hist.columns)
@@ -42,12 +42,12 @@ def test_fe_mixes_batches_better_than_pca_and_re_separates_them(trained, synth):
 
 def span(model):
     """Width of the min-max scaling: outputs in log units are the networks' outputs times this."""
-    return float(np.max(model.scaling["max"]) - np.min(model.scaling["min"]))
+    return float(np.max(model.minmax["max"]) - np.min(model.minmax["min"]))
 
 
 def test_counterfactual_to_own_batch_is_the_reconstruction(trained, synth):
     cells = synth[synth.obs["batch"] == "batch2"][:40]
-    recon = trained.get_reconstruction(cells, kind="re")
+    recon = trained.get_reconstruction("re", cells)
     for mode in ("full", "decoder"):
         cf = trained.counterfactual(cells, batch="batch2", mode=mode)
         # another compiled function (encode then decode, not the whole call): float32 precision, not bitwise
@@ -60,7 +60,7 @@ def test_counterfactual_moves_planted_genes_the_right_way(trained, synth):
     planted = synth.uns["planted"]
     source, target = "batch0", "batch3"
     cells = synth[synth.obs["batch"] == source]
-    own = trained.get_reconstruction(cells, kind="re")
+    own = trained.get_reconstruction("re", cells)
     cf = trained.counterfactual(cells, batch=target).X
     shift = pd.Series((cf - own).mean(axis=0), index=synth.var_names)
     expected = pd.Series(0.0, index=synth.var_names)

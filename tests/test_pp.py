@@ -74,4 +74,4 @@ def test_scaling_fit_on_training_cells_only(counts):
     sm.pp.split_cells(counts, batch_key="batch", fold=0)
     model = sm.SCMEDAL(counts, "batch")
     train = counts[counts.obs["split"] == "train"]
-    assert model.scaling["max"][0] == pytest.approx(float(train.X.max()))
+    assert model.minmax["max"][0] == pytest.approx(float(train.X.max()))

@@ -61,7 +61,7 @@ class FakeModel:
         x = np.asarray(adata[:, self.var_names].X, dtype=np.float64)
         return ((x - self._lo) / np.where(self._hi > self._lo, self._hi - self._lo, 1.0)).astype(np.float32)
 
-    def get_reconstruction(self, adata, kind="fe", scaled=True):
+    def get_reconstruction(self, kind="fe", adata=None, scaled=True):
         assert kind == "fe" and scaled
         return (0.9 * self.scale(adata) + 0.05).astype(np.float32)
 
@@ -104,7 +104,7 @@ def model(adata):
 
 @pytest.fixture(scope="module")
 def stack(adata, model):
-    cells = gm.select_cells(adata, cell_type_key="cell_type", cell_types=["A", "B"], n_cells=40,
+    cells = gm.select_cells(adata, labels_key="cell_type", cell_types=["A", "B"], n_cells=40,
                             batch_key="batch", force_batches=["b00", "b15"], seed=0)
     return gm.zscore_stack(gm.counterfactual_stack(model, adata, cells))
 
@@ -244,7 +244,7 @@ def test_fit_or_load_uses_cache(tmp_path, monkeypatch):
 # --------------------------------------------------------------------------------------------------
 def test_select_cells_forced_batches_and_determinism(adata, caplog):
     # 8 cells from 400: without forcing, covering all 5 available (batch, type) pairs would be luck
-    kw = dict(cell_type_key="cell_type", cell_types=["A", "B"], n_cells=8, batch_key="batch",
+    kw = dict(labels_key="cell_type", cell_types=["A", "B"], n_cells=8, batch_key="batch",
               force_batches=["b03", "b07", "b19"])
     with caplog.at_level(logging.WARNING, logger="scmedal_lite.genomaps"):
         cells = gm.select_cells(adata, seed=0, **kw)
@@ -261,23 +261,23 @@ def test_select_cells_forced_batches_and_determinism(adata, caplog):
 
 def test_select_cells_proportional_and_capped(adata):
     frac_a = (adata.obs["cell_type"] == "A").mean()
-    cells = gm.select_cells(adata, cell_type_key="cell_type", cell_types=["A", "B"], n_cells=100,
+    cells = gm.select_cells(adata, labels_key="cell_type", cell_types=["A", "B"], n_cells=100,
                             batch_key="batch", seed=0)
     n_a = int((adata.obs.loc[cells, "cell_type"] == "A").sum())
     assert abs(n_a - 100 * frac_a) <= 1
-    only_b = gm.select_cells(adata, cell_type_key="cell_type", cell_types="B", n_cells=10_000,
+    only_b = gm.select_cells(adata, labels_key="cell_type", cell_types="B", n_cells=10_000,
                              batch_key="batch")
     assert len(only_b) == int((adata.obs["cell_type"] == "B").sum())
 
 
 def test_select_cells_errors(adata):
-    kw = dict(cell_type_key="cell_type", batch_key="batch")
+    kw = dict(labels_key="cell_type", batch_key="batch")
     with pytest.raises(ValueError, match="unknown cell type"):
         gm.select_cells(adata, cell_types=["Z"], **kw)
     with pytest.raises(ValueError, match="unknown batch"):
         gm.select_cells(adata, cell_types=["A"], force_batches=["nope"], **kw)
     with pytest.raises(ValueError, match="not an obs column"):
-        gm.select_cells(adata, cell_types=["A"], cell_type_key="missing", batch_key="batch")
+        gm.select_cells(adata, cell_types=["A"], labels_key="missing", batch_key="batch")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -394,7 +394,7 @@ def test_plots(images, stack, layout):
 
 
 def test_run_genomap_analysis_end_to_end(tmp_path, adata, model):
-    kw = dict(cell_type_key="cell_type", cell_types=["A"], groups_key="diagnosis",
+    kw = dict(labels_key="cell_type", cell_types=["A"], condition_key="diagnosis",
               shown_batches=["b00", "b12"], out_dir=tmp_path / "gm", n_cells=30, n_iter=30, seed=0,
               vmin=-1, vmax=2, top_n=3)
     res = gm.run_genomap_analysis(model, adata, **kw)

@@ -45,7 +45,7 @@ from anndata import AnnData
 from scipy import sparse
 from sklearn.decomposition import PCA
 
-from .validate import InputError, as_int, check_obs_key
+from .validate import InputError, as_int, as_mask, check_obs_key
 
 log = logging.getLogger(__name__)
 
@@ -81,19 +81,6 @@ def _input_matrix(adata: AnnData, x) -> np.ndarray:
     if not np.isfinite(X).all():
         raise InputError("The input holds NaN or infinite values; clean it before running baselines.")
     return X
-
-
-def _mask(adata: AnnData, train_mask) -> np.ndarray:
-    """Boolean training mask over the cells of ``adata`` (all cells if None)."""
-    if train_mask is None:
-        return np.ones(adata.n_obs, dtype=bool)
-    m = np.asarray(train_mask)
-    if m.dtype != bool or m.shape != (adata.n_obs,):
-        raise InputError(f"train_mask must be a boolean array with one entry per cell ({adata.n_obs}); "
-                         f"got dtype {m.dtype}, shape {m.shape}.")
-    if not m.any():
-        raise InputError("train_mask selects no cells.")
-    return m
 
 
 def _batches(adata: AnnData, batch_key: str) -> np.ndarray:
@@ -135,7 +122,7 @@ def pca(adata: AnnData, *, batch_key: str | None = None, n_comps: int = 50, seed
     if kw:
         raise InputError(f"pca() got unexpected options {sorted(kw)}.")
     X = _input_matrix(adata, x)
-    return _pca_fit_transform(X, _mask(adata, train_mask), n_comps, seed)
+    return _pca_fit_transform(X, as_mask("train_mask", train_mask, adata.n_obs, all_if_none=True), n_comps, seed)
 
 
 def harmony(adata: AnnData, *, batch_key: str, n_comps: int = 50, seed: int = 0, x=None, train_mask=None,
@@ -236,7 +223,7 @@ def _scvi_data(adata, batch, x, counts_layer, train_mask):
         X = _input_matrix(adata, x)
     obs = pd.DataFrame({"_batch": pd.Categorical(batch)}, index=adata.obs_names.astype(str))
     data = AnnData(X=X, obs=obs)
-    fit = _mask(adata, train_mask)
+    fit = as_mask("train_mask", train_mask, adata.n_obs, all_if_none=True)
     if not fit.all() and not set(batch[~fit]) <= set(batch[fit]):
         warnings.warn("Some cells outside train_mask come from batches without training cells; scVI "
                       "cannot embed unseen batches, so it is fit on all cells (transductive).", UserWarning,
@@ -314,7 +301,7 @@ def scanvi(adata: AnnData, *, batch_key: str, labels_key: str, n_comps: int = 50
     if unlabeled_category in set(labels):
         raise InputError(f"unlabeled_category {unlabeled_category!r} is a real label of {labels_key!r}; "
                          "choose another.")
-    shown = _mask(adata, train_mask)
+    shown = as_mask("train_mask", train_mask, adata.n_obs, all_if_none=True)
     labels[~shown] = unlabeled_category
     data.obs["_label"] = pd.Categorical(labels)
     n_comps = _n_comps(n_comps, int(fit.sum()), data.n_vars, "scANVI")

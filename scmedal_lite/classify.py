@@ -30,7 +30,7 @@ Example
 >>> import scmedal_lite as sm
 >>> from scmedal_lite import classify
 >>> table = classify.cross_validate_mec(adata, batch_key="batch", labels_key="celltype",     # doctest: +SKIP
-...                                     target_key="condition", scheme="batches", n_folds=5)
+...                                     condition_key="condition", scheme="batches", n_folds=5)
 >>> classify.summarize_mec(table)                                                             # doctest: +SKIP
 """
 
@@ -48,8 +48,8 @@ from sklearn.ensemble import RandomForestClassifier
 from sklearn.metrics import accuracy_score, balanced_accuracy_score
 from sklearn.preprocessing import StandardScaler
 
-from .pp import SPLIT_KEY
-from .validate import InputError, as_int, check_choice, check_obs_key
+from .pp import SPLIT_KEY, split_masks
+from .validate import InputError, as_int, as_mask, check_choice, check_obs_key
 
 log = logging.getLogger(__name__)
 
@@ -69,16 +69,6 @@ RE_SUFFIX = " + RE"
 # ----------------------------------------------------------------------------------------------------------
 # the classifier
 # ----------------------------------------------------------------------------------------------------------
-
-
-def _bool_mask(mask, n: int, name: str) -> np.ndarray:
-    m = np.asarray(mask)
-    if m.dtype != bool or m.shape != (n,):
-        raise InputError(f"{name} must be a boolean array with one entry per cell ({n}); "
-                         f"got dtype {m.dtype}, shape {m.shape}.")
-    if not m.any():
-        raise InputError(f"{name} selects no cells.")
-    return m
 
 
 def _feature_items(features) -> list[tuple[str, np.ndarray]]:
@@ -140,8 +130,8 @@ def mec(features, y, train_mask, test_mask, *, seed: int = 42, n_estimators: int
     if pd.isna(y).any():
         raise InputError(f"The target has {int(pd.isna(y).sum())} missing values; drop those cells first.")
     y = y.astype(str)
-    train = _bool_mask(train_mask, n, "train_mask")
-    test = _bool_mask(test_mask, n, "test_mask")
+    train = as_mask("train_mask", train_mask, n)
+    test = as_mask("test_mask", test_mask, n)
     if (train & test).any():
         raise InputError(f"{int((train & test).sum())} cells are in both train_mask and test_mask.")
     items = _feature_items(features)
@@ -170,17 +160,7 @@ def mec(features, y, train_mask, test_mask, *, seed: int = 42, n_estimators: int
     return pd.DataFrame(rows, columns=["features", "split", "metric", "value"])
 
 
-def _split_masks(adata: AnnData, split_key: str) -> tuple[np.ndarray, np.ndarray]:
-    check_obs_key(adata, split_key, role="split_key")
-    split = adata.obs[split_key].astype(str).to_numpy()
-    train, test = split == "train", split == "test"
-    if not train.any() or not test.any():
-        raise InputError(f"obs[{split_key!r}] needs 'train' and 'test' cells (found {sorted(set(split))}); "
-                         "make a split with sm.pp.split_cells or classify.split_batch_fold.")
-    return train, test
-
-
-def mixed_effects_classification(model, adata: AnnData | None = None, *, target_key: str,
+def mixed_effects_classification(model, adata: AnnData | None = None, *, condition_key: str,
                                  fe_latents: Mapping[str, np.ndarray] | None = None,
                                  re_latent: np.ndarray | None = None, split_key: str = SPLIT_KEY,
                                  unseen: str = "mean", re_alone: bool = False, seed: int = 42,
@@ -193,14 +173,15 @@ def mixed_effects_classification(model, adata: AnnData | None = None, *, target_
     unseen=unseen)``: cells of batches the model never saw follow the ``unseen`` rule. When the model has no
     trained RE network and no ``re_latent`` is given, only the ``X`` feature sets are run (with a warning).
     ``re_alone=True`` adds the RE latent alone as a feature set. Train and test cells come from
-    ``adata.obs[split_key]``; the target from ``adata.obs[target_key]``. ``adata`` defaults to the model's.
+    ``adata.obs[split_key]``; the target from ``adata.obs[condition_key]``. ``adata`` defaults to the model's.
 
     Returns :func:`mec`'s tidy table, feature sets ``name`` and ``name + RE`` for each latent (then ``RE``
     when asked, and ``chance``).
     """
     adata = model.adata if adata is None else adata
-    check_obs_key(adata, target_key, role="target_key")
-    train, test = _split_masks(adata, split_key)
+    check_obs_key(adata, condition_key, role="condition_key")
+    masks = split_masks(adata, split_key=split_key, require=("train", "test"))
+    train, test = masks["train"], masks["test"]
     if fe_latents is None:
         fe_latents = {"scMEDAL-FE": model.get_latent("fe", adata)}
     if re_latent is None:
@@ -220,7 +201,7 @@ def mixed_effects_classification(model, adata: AnnData | None = None, *, target_
             features.append((f"{name}{RE_SUFFIX}", np.concatenate([X, R], axis=1)))
     if re_alone and re_latent is not None:
         features.append(("RE", np.asarray(re_latent)))
-    return mec(features, adata.obs[target_key].to_numpy(), train, test, seed=seed, n_jobs=n_jobs)
+    return mec(features, adata.obs[condition_key].to_numpy(), train, test, seed=seed, n_jobs=n_jobs)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -346,7 +327,7 @@ def _light_copy(adata: AnnData) -> AnnData:
                    layers={k: v for k, v in adata.layers.items()})
 
 
-def cross_validate_mec(adata: AnnData, *, batch_key: str, labels_key: str | None, target_key: str,
+def cross_validate_mec(adata: AnnData, *, batch_key: str, labels_key: str | None, condition_key: str,
                        scheme: str = "cells", n_folds: int = 5, folds: Sequence[int] | None = None,
                        seed: int = 42, train_kwargs: dict | None = None, model_kwargs: dict | None = None,
                        baselines: Sequence[str] = ("pca",), baseline_options: dict | None = None,
@@ -360,12 +341,12 @@ def cross_validate_mec(adata: AnnData, *, batch_key: str, labels_key: str | None
         Log-normalised cells (after :func:`scmedal_lite.pp.prepare`); not modified.
     batch_key, labels_key
         Batch and cell-type columns (as for :class:`~scmedal_lite.SCMEDAL`).
-    target_key
+    condition_key
         The column MEC predicts (e.g. the condition).
     scheme
         ``"cells"``: the paper's cell-level rotation (:func:`scmedal_lite.pp.split_cells` with ``fold=k``);
         every batch is in train, val and test. ``"batches"``: leave-batches-out (:func:`batch_folds`,
-        stratified by ``target_key``); test batches are never seen, and their RE latents use the ``unseen``
+        stratified by ``condition_key``); test batches are never seen, and their RE latents use the ``unseen``
         rule.
     n_folds, folds
         Number of folds (>= 3 for the test/val/train rotation) and which of them to run (default all).
@@ -393,7 +374,7 @@ def cross_validate_mec(adata: AnnData, *, batch_key: str, labels_key: str | None
 
     check_choice("scheme", scheme, SCHEMES)
     check_choice("unseen", unseen, ("mean", "prior"))
-    check_obs_key(adata, target_key, role="target_key")
+    check_obs_key(adata, condition_key, role="condition_key")
     n_folds = as_int("n_folds", n_folds, minimum=1)
     if n_folds < 3:
         raise InputError(f"n_folds must be >= 3 for the test/validation/train rotation; got {n_folds}. "
@@ -408,7 +389,7 @@ def cross_validate_mec(adata: AnnData, *, batch_key: str, labels_key: str | None
     seed = as_int("seed", seed, minimum=0)
     model_kwargs = {"seed": seed, **(model_kwargs or {})}
     train_kwargs = {"progress": False, **(train_kwargs or {})}
-    groups = batch_folds(adata, batch_key, n_folds, target_key, seed) if scheme == "batches" else None
+    groups = batch_folds(adata, batch_key, n_folds, condition_key, seed) if scheme == "batches" else None
 
     iterator = folds
     if progress:
@@ -432,7 +413,7 @@ def cross_validate_mec(adata: AnnData, *, batch_key: str, labels_key: str | None
                                            x=model.scale(a), train_mask=model.train_mask, seed=seed,
                                            options=baseline_options)
             latents.update({_baselines.DISPLAY_NAMES.get(m, m): e for m, e in emb.items()})
-        table = mixed_effects_classification(model, a, target_key=target_key, fe_latents=latents,
+        table = mixed_effects_classification(model, a, condition_key=condition_key, fe_latents=latents,
                                              re_latent=re, seed=mec_seed, n_jobs=n_jobs)
         table.insert(0, "scheme", scheme)
         table.insert(0, "fold", k)

@@ -102,18 +102,18 @@ def test_mixed_effects_classification_feature_sets():
     a = anndata.AnnData(np.zeros((n, 2), dtype="float32"), obs=obs)
     re = pd.get_dummies(batch).to_numpy(dtype=float)              # RE ~ batch identity
     model = FakeModel(a, rng.normal(size=(n, 4)), re)
-    df = classify.mixed_effects_classification(model, a, target_key="cond", unseen="prior")
+    df = classify.mixed_effects_classification(model, a, condition_key="cond", unseen="prior")
     assert ("re", "prior") in model.calls
     assert list(df["features"].unique()) == ["scMEDAL-FE", "scMEDAL-FE + RE", "chance"]
     v = df.set_index(["features", "metric"])["value"]
     assert v["scMEDAL-FE + RE", "accuracy"] > 0.95               # cell-level split: a batch lookup
     assert v["scMEDAL-FE", "accuracy"] < 0.7
-    df2 = classify.mixed_effects_classification(model, a, target_key="cond", re_alone=True,
+    df2 = classify.mixed_effects_classification(model, a, condition_key="cond", re_alone=True,
                                                 fe_latents={"PCA": rng.normal(size=(n, 3))})
     assert list(df2["features"].unique()) == ["PCA", "PCA + RE", "RE", "chance"]
     model.networks = {"fe": None}
     with pytest.warns(UserWarning, match="no trained RE"):
-        df3 = classify.mixed_effects_classification(model, a, target_key="cond")
+        df3 = classify.mixed_effects_classification(model, a, condition_key="cond")
     assert list(df3["features"].unique()) == ["scMEDAL-FE", "chance"]
 
 
@@ -177,7 +177,7 @@ def tiny():
     return a
 
 
-CV = dict(batch_key="batch", labels_key="celltype", target_key="condition", n_folds=3, folds=[0, 1],
+CV = dict(batch_key="batch", labels_key="celltype", condition_key="condition", n_folds=3, folds=[0, 1],
           train_kwargs={"max_epochs": 2}, model_kwargs={"hidden": [32, 16], "latent_dim": 8},
           baselines=("pca",), progress=False)
 

@@ -200,13 +200,13 @@ def test_key_not_in_obs(adata, role, kwargs):
 
 def test_condition_key_not_in_obs_or_with_missing_values(adata):
     from scmedal_lite.classify import cross_validate_mec
-    msg = raises("target_key 'disease' is not a column", cross_validate_mec, adata, batch_key="batch",
-                 labels_key="celltype", target_key="disease")
+    msg = raises("condition_key 'disease' is not a column", cross_validate_mec, adata, batch_key="batch",
+                 labels_key="celltype", condition_key="disease")
     assert "'condition'" in msg
     adata.obs["condition"] = adata.obs["condition"].astype(object)
     adata.obs.iloc[:3, adata.obs.columns.get_loc("condition")] = np.nan
-    raises("target_key 'condition' has 3 missing values", cross_validate_mec, adata, batch_key="batch",
-           labels_key="celltype", target_key="condition")
+    raises("condition_key 'condition' has 3 missing values", cross_validate_mec, adata, batch_key="batch",
+           labels_key="celltype", condition_key="condition")
 
 
 @pytest.mark.parametrize("key", ["batch", "celltype"])
@@ -464,7 +464,7 @@ def test_dense_backed_and_sparse_in_memory_set_up_the_same(tmp_path, log_adata):
     on_disk = anndata.read_h5ad(tmp_path / "dense.h5ad", backed="r")
     a = sm.SCMEDAL(on_disk, "batch", "celltype", **SMALL)
     b = sm.SCMEDAL(log_adata, "batch", "celltype", **SMALL)
-    assert a.scaling == b.scaling
+    assert a.minmax == b.minmax
     np.testing.assert_array_equal(a.scale(), b.scale())
 
 
@@ -583,7 +583,7 @@ def test_saved_model_without_setup(saved):
     (lambda s: {k: v for k, v in s.items() if k != "genes"}, "field 'genes' is missing"),
     (lambda s: {**s, "genes": "gene0"}, "'genes' has type str"),
     (lambda s: {**s, "trained": {"../../etc/passwd": {}}}, r"unknown networks \['../../etc/passwd'\]"),
-    (lambda s: {**s, "scaling": {"mode": "global", "min": [0], "max": []}}, "scaling has 1 values"),
+    (lambda s: {**s, "minmax": {"mode": "global", "min": [0], "max": []}}, "minmax has 1 values"),
 ])
 def test_saved_model_bad_setup_json(saved, change, match):
     _edit_setup(saved, change)

@@ -24,8 +24,8 @@ logging.getLogger("tensorflow").setLevel(logging.ERROR)   # retracing chatter fr
 
 __version__ = "0.1.0"
 
-_SUBMODULES = {"baselines", "classify", "datasets", "genomaps", "metrics", "paper_data", "pp", "presets",
-               "plotting", "tutorial"}
+_SUBMODULES = {"baselines", "classify", "datasets", "genomaps", "io", "metrics", "paper_data", "pl", "pp",
+               "presets", "tutorial"}
 _ATTRIBUTES = {"SCMEDAL": "model", "UnseenBatchWarning": "model", "InputError": "validate",
                "read_h5ad": "validate"}
 

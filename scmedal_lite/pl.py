@@ -1,15 +1,17 @@
-"""The figures the tutorial notebooks show: UMAPs of latents, training curves, random effects, MEC results.
+"""Every figure of the package, in one namespace (``sm.pl``): UMAPs of latents, training curves, random effects,
+scores, MEC results, counterfactual means, and the genomap figures (from :mod:`scmedal_lite.genomaps.plots`).
 
-Small functions; each returns a matplotlib ``Figure`` and never calls ``plt.show``. UMAPs follow the paper:
-a k = 15 nearest-neighbour graph (scanpy) on the raw latent, then ``umap`` with ``min_dist=0.5`` and
-``random_state=5``.
+Small functions; each returns a matplotlib ``Figure`` built without pyplot (no global state, safe with any
+backend) and never shows it: display it in a notebook, or write it with :func:`scmedal_lite.io.write_figure`.
+UMAPs follow the paper: a k = 15 nearest-neighbour graph (scanpy) on the raw latent, then ``umap`` with
+``min_dist=0.5`` and ``random_state=5``.
 
 Example
 -------
 >>> import scmedal_lite as sm
->>> from scmedal_lite import plotting
->>> coords = {"scMEDAL-FE": plotting.umap(model.get_latent("fe"))}                      # doctest: +SKIP
->>> fig = plotting.plot_umaps(coords, adata.obs, ["sample_id", "celltype_coarse"])        # doctest: +SKIP
+>>> coords = {"scMEDAL-FE": sm.pl.umap(model.get_latent("fe"))}                          # doctest: +SKIP
+>>> fig = sm.pl.plot_umaps(coords, adata.obs, ["sample_id", "celltype_coarse"])          # doctest: +SKIP
+>>> fig = sm.pl.plot_scores(sm.metrics.score_embeddings(...))                           # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -21,10 +23,15 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from .genomaps.plots import plot_cell_all_batches, plot_cell_panel, plot_significant_pixels
+from .metrics import summarize_folds
+from .validate import InputError
+
 log = logging.getLogger(__name__)
 
 __all__ = ["umap", "plot_umaps", "plot_history", "plot_random_effects", "plot_batch_uncertainty", "plot_mec",
-           "category_colors"]
+           "plot_scores", "plot_counterfactual_means", "category_colors", "plot_cell_panel",
+           "plot_cell_all_batches", "plot_significant_pixels"]
 
 #: Categories beyond this number are drawn without a legend (the colours alone show the mixing).
 MAX_LEGEND = 20
@@ -38,7 +45,7 @@ def umap(X, *, n_neighbors: int = 15, min_dist: float = 0.5, random_state: int =
 
     X = np.asarray(X, dtype="float32")
     if X.ndim != 2 or X.shape[0] < 3:
-        raise ValueError(f"umap needs a cells x dimensions array with at least 3 cells, got shape {X.shape}")
+        raise InputError(f"umap needs a cells x dimensions array with at least 3 cells, got shape {X.shape}")
     tmp = anndata.AnnData(X=np.zeros((X.shape[0], 1), dtype="float32"), obsm={"X_emb": X})
     k = int(min(n_neighbors, X.shape[0] - 1))
     with warnings.catch_warnings():
@@ -89,15 +96,15 @@ def plot_umaps(coords: Mapping[str, np.ndarray], obs: pd.DataFrame, color_keys: 
     from matplotlib.figure import Figure
 
     if not coords:
-        raise ValueError("coords is empty: give {name: umap coordinates}")
+        raise InputError("coords is empty: give {name: umap coordinates}")
     color_keys = [color_keys] if isinstance(color_keys, str) else list(color_keys)
     missing = [k for k in color_keys if k not in obs.columns]
     if missing:
-        raise ValueError(f"colour key(s) {missing} are not columns of obs ({list(obs.columns)})")
+        raise InputError(f"colour key(s) {missing} are not columns of obs ({list(obs.columns)})")
     n = len(obs)
     for name, xy in coords.items():
         if np.asarray(xy).shape != (n, 2):
-            raise ValueError(f"coords[{name!r}] has shape {np.asarray(xy).shape}; expected ({n}, 2)")
+            raise InputError(f"coords[{name!r}] has shape {np.asarray(xy).shape}; expected ({n}, 2)")
     if point_size is None:
         point_size = float(np.clip(3000 / max(n, 1), 0.5, 12))
     nrows, ncols = len(coords), len(color_keys)
@@ -116,7 +123,7 @@ def plot_history(history: Mapping[str, pd.DataFrame], *, columns: Sequence[str] 
 
     items = [(k, h) for k, h in history.items() if h is not None and len(h)]
     if not items:
-        raise ValueError("history is empty: train the model first")
+        raise InputError("history is empty: train the model first")
     fig = Figure(figsize=(3.6 * len(items), 3.0), layout="constrained")
     axes = fig.subplots(1, len(items), squeeze=False)[0]
     for ax, (kind, h) in zip(axes, items):
@@ -140,7 +147,7 @@ def plot_random_effects(table: pd.DataFrame, *, top: int | None = 30):
 
     need = {"layer", "batch", "mean_abs", "mean_sd"}
     if not need <= set(table.columns):
-        raise ValueError(f"table needs columns {sorted(need)}; pass model.random_effects()")
+        raise InputError(f"table needs columns {sorted(need)}; pass model.random_effects()")
     wide = table.pivot_table(index="batch", columns="layer", values="mean_abs")
     order = wide.mean(axis=1).sort_values(ascending=False).index
     if top is not None:
@@ -186,7 +193,7 @@ def plot_mec(summary: pd.DataFrame, *, metric: str = "balanced_accuracy"):
 
     sub = summary[summary["metric"] == metric]
     if sub.empty:
-        raise ValueError(f"metric {metric!r} not in the summary ({sorted(summary['metric'].unique())})")
+        raise InputError(f"metric {metric!r} not in the summary ({sorted(summary['metric'].unique())})")
     schemes = list(pd.unique(sub["scheme"])) if "scheme" in sub.columns else [None]
     fig = Figure(figsize=(4.6 * len(schemes), 3.6), layout="constrained")
     axes = fig.subplots(1, len(schemes), squeeze=False)[0]
@@ -207,3 +214,126 @@ def plot_mec(summary: pd.DataFrame, *, metric: str = "balanced_accuracy"):
         names = {"cells": "cell-level folds", "batches": "leave-batches-out folds"}
         ax.set_title(names.get(scheme, str(scheme)), fontsize=10)
     return fig
+
+
+def plot_counterfactual_means(table: pd.DataFrame, *, n_labels: int = 8, title: str | None = None,
+                              size: tuple[float, float] = (4.5, 4.2)):
+    """Each gene's mean counterfactual expression in two target batches: the first column of ``table``
+    (x, e.g. ``"as donor1"``) against the second (y), one dot per gene (the index), the diagonal, and the first
+    ``n_labels`` genes of ``table`` labelled (sort it by the difference first to label the genes that differ
+    most)."""
+    from matplotlib.figure import Figure
+
+    if table.shape[1] < 2:
+        raise InputError(f"table needs two columns of means (x, y); it has {list(table.columns)}")
+    x, y = table.iloc[:, 0], table.iloc[:, 1]
+    fig = Figure(figsize=size, layout="tight")
+    ax = fig.subplots()
+    ax.scatter(x, y, s=6, alpha=0.6)
+    for gene in table.index[:n_labels]:
+        ax.annotate(gene, (x.loc[gene], y.loc[gene]), fontsize=7)
+    lim = [float(table.iloc[:, :2].min().min()), float(table.iloc[:, :2].max().max())]
+    ax.plot(lim, lim, color="0.6", lw=0.8)
+    ax.set_xlabel(f"mean counterfactual {table.columns[0]}")
+    ax.set_ylabel(f"mean counterfactual {table.columns[1]}")
+    if title:
+        ax.set_title(title, fontsize=10)
+    return fig
+
+
+def plot_scores(df: pd.DataFrame, *, metrics: Sequence[str] | str | None = None, ax=None):
+    """Grouped bar plot of a tidy score table: one panel per metric, embeddings on x, one bar per label.
+
+    ``df`` has columns ``embedding, metric, label, value`` (the output of
+    :func:`scmedal_lite.metrics.score_embeddings`, one or many folds concatenated). Bars show the mean over the
+    rows of each group, error bars the t-based 95% interval of :func:`scmedal_lite.metrics.summarize_folds`
+    (absent with a single fold), and dots the single values.
+
+    Parameters
+    ----------
+    metrics
+        Metric names to draw, in this order; None draws every metric in ``df``.
+    ax
+        A matplotlib Axes (exactly one metric) or a sequence of Axes (one per metric) to draw into; None
+        creates a new figure with one panel per metric (at most three per row).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        The figure holding the panels. Nothing is shown; display it in a notebook or write it with
+        :func:`scmedal_lite.io.write_figure`.
+
+    Example
+    -------
+    >>> import pandas as pd
+    >>> df = pd.DataFrame({"embedding": ["PCA", "FE"] * 2, "metric": ["asw"] * 2 + ["ilisi"] * 2,
+    ...                    "label": "batch", "value": [0.1, -0.1, 0.2, 0.8]})
+    >>> fig = plot_scores(df, metrics=["ilisi", "asw"])
+    >>> [a.get_title() for a in fig.axes]
+    ['ilisi', 'asw']
+    """
+    metrics = _score_metrics(df, metrics)
+    fig, axes = _score_axes(metrics, ax)
+    summary = summarize_folds(df)
+    embeddings = list(pd.unique(df["embedding"]))
+    labels = list(pd.unique(df["label"]))
+    colors = {lab: f"C{i}" for i, lab in enumerate(labels)}
+    for a, metric in zip(axes, metrics):
+        _score_panel(a, summary[summary["metric"] == metric], df[df["metric"] == metric], embeddings, labels,
+                     colors)
+        a.set_title(str(metric))
+    if ax is not None:
+        fig.tight_layout()
+    return fig
+
+
+def _score_metrics(df: pd.DataFrame, metrics) -> list:
+    missing = [c for c in ("embedding", "metric", "label", "value") if c not in df.columns]
+    if missing:
+        raise InputError(f"df lacks columns {missing}; pass the output of score_embeddings")
+    available = list(pd.unique(df["metric"]))
+    metrics = available if metrics is None else [metrics] if isinstance(metrics, str) else list(metrics)
+    unknown = [m for m in metrics if m not in available]
+    if unknown:
+        raise InputError(f"metric(s) {unknown} not in df; it has {available}")
+    if not metrics:
+        raise InputError("nothing to plot: df holds no scores")
+    return metrics
+
+
+def _score_axes(metrics: list, ax):
+    """(figure, one Axes per metric): a new figure of panels, or the given Axes and their figure."""
+    if ax is None:
+        from matplotlib.figure import Figure
+
+        ncols = min(len(metrics), 3)
+        nrows = int(np.ceil(len(metrics) / ncols))
+        fig = Figure(figsize=(4.2 * ncols, 3.4 * nrows), layout="tight")
+        axes = list(fig.subplots(nrows, ncols, squeeze=False).ravel())
+        for extra in axes[len(metrics):]:
+            extra.remove()
+        return fig, axes[: len(metrics)]
+    axes = list(ax) if isinstance(ax, (Sequence, np.ndarray)) else [ax]
+    if len(axes) != len(metrics):
+        raise InputError(f"got {len(axes)} Axes for {len(metrics)} metrics {list(metrics)}")
+    return axes[0].figure, axes
+
+
+def _score_panel(a, s: pd.DataFrame, raw: pd.DataFrame, embeddings: list, labels: list, colors: dict) -> None:
+    """One metric's bars (mean, 95 % interval) per embedding and label, with the single values as dots."""
+    x0 = np.arange(len(embeddings))
+    present = [lab for lab in labels if lab in set(s["label"])]
+    width = 0.8 / len(present)
+    for j, lab in enumerate(present):
+        sl = s[s["label"] == lab].set_index("embedding").reindex(embeddings)
+        x = x0 + (j - (len(present) - 1) / 2) * width
+        mean = sl["mean"].to_numpy(dtype=float)
+        err = np.vstack([mean - sl["ci_low"].to_numpy(float), sl["ci_high"].to_numpy(float) - mean])
+        a.bar(x, np.nan_to_num(mean), width=width * 0.9, color=colors[lab], alpha=0.75, label=str(lab),
+              yerr=np.nan_to_num(err, nan=0.0), capsize=3, error_kw={"elinewidth": 1})
+        pts = raw[raw["label"] == lab]
+        a.scatter(x[[embeddings.index(e) for e in pts["embedding"]]], pts["value"], s=10, color="k", zorder=3)
+    a.axhline(0, color="0.5", lw=0.8)
+    a.set_xticks(x0, [str(e) for e in embeddings], rotation=30, ha="right")
+    a.set_ylabel("value")
+    a.legend(fontsize="small", frameon=False)

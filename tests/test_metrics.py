@@ -1,4 +1,4 @@
-"""Tests for scmedal_lite.metrics and scmedal_lite.plotting_scores (small data, a few seconds in all)."""
+"""Tests for scmedal_lite.metrics and scmedal_lite.pl.plot_scores (small data, a few seconds in all)."""
 
 import matplotlib
 
@@ -17,7 +17,7 @@ from sklearn.metrics import (  # noqa: E402
 )
 
 from scmedal_lite import metrics  # noqa: E402
-from scmedal_lite.plotting_scores import plot_scores  # noqa: E402
+from scmedal_lite.pl import plot_scores  # noqa: E402
 
 
 def values(df):

@@ -2,8 +2,10 @@
 
 Usage::
 
-    scmedal-lite run DATA.h5ad --batch-key donor --label-key cell_type [--condition-key disease] --out DIR
+    scmedal-lite run DATA.h5ad --batch-key donor --labels-key cell_type [--condition-key disease] --out DIR
                      [--quick] [--max-epochs N] [--seed S] [--overwrite]
+
+(``--label-key`` is the old name of ``--labels-key``; it still works, with a deprecation message.)
 
 The file and the keys are checked first (a bad input exits with status 2 and a one-line message). Then the
 notebooks run with papermill, sharing one trained model, and ``DIR`` receives::
@@ -18,14 +20,16 @@ notebooks run with papermill, sharing one trained model, and ``DIR`` receives::
     run.json                     command, parameters, input checksum, timings, versions
 
 ``DATA.h5ad`` is only read. ``DIR`` is written whole or not at all (built in a temporary folder beside it,
-then renamed); an existing non-empty ``DIR`` is refused unless ``--overwrite``.
+then renamed); an existing non-empty ``DIR`` is refused unless ``--overwrite``. The flags say everything: the
+``SCMEDAL_*`` environment variables that the notebooks otherwise read (:data:`scmedal_lite.tutorial.ENVIRONMENT`)
+are ignored.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
-import json
 import os
 import shlex
 import shutil
@@ -73,7 +77,8 @@ def _parser() -> argparse.ArgumentParser:
                                      "an AnnData with the latents and an HTML report to --out.")
     run.add_argument("data", metavar="DATA.h5ad", help="input AnnData file (only read, never modified)")
     run.add_argument("--batch-key", required=True, help="obs column of the batch (sample, donor, ...)")
-    run.add_argument("--label-key", required=True, help="obs column of the cell type")
+    run.add_argument("--labels-key", default=None, help="obs column of the cell type (required)")
+    run.add_argument("--label-key", dest="label_key", default=None, help=argparse.SUPPRESS)   # deprecated
     run.add_argument("--condition-key", default=None,
                      help="obs column of a condition constant within each batch (disease, ...); optional")
     run.add_argument("--out", required=True, metavar="DIR", help="output folder (must be empty or absent)")
@@ -109,12 +114,12 @@ def check_inputs(args) -> dict:
                          "folder that does not contain it.")
     adata = read_h5ad(data, backed="r")
     try:
-        check_obs_key(adata, args.label_key, role="--label-key")
+        check_obs_key(adata, args.labels_key, role="--labels-key")
         if args.condition_key is not None:
             check_obs_key(adata, args.condition_key, role="--condition-key")
         check_batches(adata, args.batch_key)
-        if adata.obs[args.label_key].nunique() < 2:
-            raise InputError(f"--label-key {args.label_key!r} has a single value; scores and plots need at "
+        if adata.obs[args.labels_key].nunique() < 2:
+            raise InputError(f"--labels-key {args.labels_key!r} has a single value; scores and plots need at "
                              "least two cell types.")
         n_obs, n_vars = adata.n_obs, adata.n_vars
     except InputError as err:
@@ -147,7 +152,7 @@ class _RunFailed(Exception):
 
 
 def _command(args) -> str:
-    parts = ["scmedal-lite", "run", args.data, "--batch-key", args.batch_key, "--label-key", args.label_key]
+    parts = ["scmedal-lite", "run", args.data, "--batch-key", args.batch_key, "--labels-key", args.labels_key]
     if args.condition_key is not None:
         parts += ["--condition-key", args.condition_key]
     parts += ["--out", args.out]
@@ -159,6 +164,33 @@ def _command(args) -> str:
     return shlex.join(parts)
 
 
+def _execute(checked: dict, parameters: dict, nb_out: str, out: str, timeout) -> tuple[list, dict, dict]:
+    """Run the selected notebooks with papermill into ``nb_out``, without the ``SCMEDAL_*`` environment;
+    returns (executed paths, seconds per notebook, status per path). A failure raises :class:`_RunFailed`."""
+    import papermill as pm
+
+    executed, timings, status = [], {}, {}
+    with _without_notebook_environment():
+        for name in checked["notebooks"]:
+            src = str(checked["nb_dir"] / f"{name}.ipynb")
+            dst = os.path.join(nb_out, f"{name}.ipynb")
+            t0 = time.perf_counter()
+            print(f"  running {name} ...", end=" ", flush=True)
+            try:
+                pm.execute_notebook(src, dst, parameters=parameters, kernel_name="python3", cwd=nb_out,
+                                    progress_bar=False, log_output=False, execution_timeout=timeout)
+            except pm.PapermillExecutionError as err:
+                print("failed", flush=True)
+                failed = _keep_failed(dst, out)
+                raise _RunFailed(f"notebook {name} failed: {err.ename}: {err.evalue} (the executed "
+                                 f"notebook is at {failed}; nothing was written to {out})") from None
+            timings[name] = round(time.perf_counter() - t0, 1)
+            status[dst] = f"ok, {timings[name]:.0f} s"
+            executed.append(dst)
+            print(f"done in {timings[name]:.0f} s", flush=True)
+    return executed, timings, status
+
+
 def run(args) -> int:
     """The ``run`` command; returns the exit status."""
     try:
@@ -166,54 +198,31 @@ def run(args) -> int:
     except InputError as err:
         return _error(str(err).replace("\n", " "), EXIT_BAD_INPUT)
 
-    import papermill as pm
-
-    from .io import atomic_dir
+    from .io import atomic_dir, write_json
 
     data, out = checked["data"], checked["out"]
     digest = sha256(data)
     started = time.perf_counter()
-    timings, status = {}, {}
-    params = {"data_path": data, "batch_key": args.batch_key, "label_key": args.label_key,
+    params = {"data_path": data, "batch_key": args.batch_key, "labels_key": args.labels_key,
               "condition_key": args.condition_key, "max_epochs": args.max_epochs, "seed": args.seed,
               "quick": bool(args.quick)}
-    size = f"{checked['n_obs']} cells x {checked['n_vars']} genes"
-    print(f"scmedal-lite {__version__}: {data} ({size}) -> {out}", flush=True)
+    print(f"scmedal-lite {__version__}: {data} ({checked['n_obs']} cells x {checked['n_vars']} genes) -> {out}",
+          flush=True)
     try:
         with atomic_dir(out, overwrite=args.overwrite) as tmp:
-            nb_out = os.path.join(tmp, "notebooks")
-            results = os.path.join(tmp, "results")
+            nb_out, results = os.path.join(tmp, "notebooks"), os.path.join(tmp, "results")
             os.makedirs(nb_out)
             os.makedirs(results)
             run_params = dict(params, output_dir=results, model_dir=os.path.join(tmp, "model"))
-            executed = []
-            for name in checked["notebooks"]:
-                src = str(checked["nb_dir"] / f"{name}.ipynb")
-                dst = os.path.join(nb_out, f"{name}.ipynb")
-                t0 = time.perf_counter()
-                print(f"  running {name} ...", end=" ", flush=True)
-                try:
-                    pm.execute_notebook(src, dst, parameters=run_params, kernel_name="python3",
-                                        cwd=nb_out, progress_bar=False, log_output=False,
-                                        execution_timeout=args.timeout)
-                except pm.PapermillExecutionError as err:
-                    print("failed", flush=True)
-                    failed = _keep_failed(dst, out)
-                    raise _RunFailed(f"notebook {name} failed: {err.ename}: {err.evalue} (the executed "
-                                     f"notebook is at {failed}; nothing was written to {out})") from None
-                timings[name] = round(time.perf_counter() - t0, 1)
-                status[dst] = f"ok, {timings[name]:.0f} s"
-                executed.append(dst)
-                print(f"done in {timings[name]:.0f} s", flush=True)
+            executed, timings, status = _execute(checked, run_params, nb_out, out, args.timeout)
             _collect(tmp, results)
             _report(tmp, executed, status, args, digest, data)
             if sha256(data) != digest:                     # belt and braces: the input must never change
                 raise _RunFailed(f"the input file {data} changed during the run; results discarded.")
-            info = {"command": _command(args), "scmedal_lite_version": __version__, "input": data,
-                    "input_sha256": digest, "parameters": params, "notebooks": checked["notebooks"],
-                    "seconds_per_notebook": timings, "seconds_total": round(time.perf_counter() - started, 1)}
-            with open(os.path.join(tmp, "run.json"), "w") as f:
-                json.dump(info, f, indent=1)
+            write_json(os.path.join(tmp, "run.json"), {
+                "command": _command(args), "scmedal_lite_version": __version__, "input": data,
+                "input_sha256": digest, "parameters": params, "notebooks": checked["notebooks"],
+                "seconds_per_notebook": timings, "seconds_total": round(time.perf_counter() - started, 1)})
     except _RunFailed as err:
         return _error(str(err), EXIT_FAILED)
     except InputError as err:
@@ -237,6 +246,8 @@ def _collect(tmp: str, results: str) -> None:
     """Move the AnnData to the top level and make sure every promised file exists."""
     import pandas as pd
 
+    from .io import write_csv
+
     adata = os.path.join(results, "adata.h5ad")
     if os.path.exists(adata):
         os.replace(adata, os.path.join(tmp, "adata.h5ad"))
@@ -244,7 +255,7 @@ def _collect(tmp: str, results: str) -> None:
                           ("classification.csv", ["fold", "scheme", "features", "split", "metric", "value"])):
         path = os.path.join(results, name)
         if not os.path.exists(path):                   # its notebook was not selected with --notebooks
-            pd.DataFrame(columns=columns).to_csv(path, index=False)
+            write_csv(path, pd.DataFrame(columns=columns))
 
 
 def _report(tmp, executed, status, args, digest, data) -> None:
@@ -266,17 +277,40 @@ def _report(tmp, executed, status, args, digest, data) -> None:
         if len(df):
             tables["Mixed-effects classification (balanced accuracy, mean over folds)"] = (
                 df.pivot(index="features", columns="scheme", values="mean").round(3).to_html())
-    info = {"input": data, "input sha256": digest, "batch key": args.batch_key, "label key": args.label_key,
+    info = {"input": data, "input sha256": digest, "batch key": args.batch_key, "labels key": args.labels_key,
             "condition key": args.condition_key, "quick": args.quick, "max epochs": args.max_epochs,
             "seed": args.seed, "scmedal_lite": __version__}
     write_report(executed, os.path.join(tmp, "report"), title="scMEDAL report: " + os.path.basename(data),
                  status=status, info=info, tables=tables)
 
 
+def _labels_key(parser: argparse.ArgumentParser, args) -> None:
+    """``--labels-key``, or the deprecated ``--label-key`` (with a message on stderr); one is required."""
+    if args.label_key is not None:
+        print("scmedal-lite: warning: --label-key is deprecated; use --labels-key.", file=sys.stderr)
+        if args.labels_key is not None and args.labels_key != args.label_key:
+            parser.error("--labels-key and the deprecated --label-key name different columns; give one.")
+        args.labels_key = args.label_key
+    if args.labels_key is None:
+        parser.error("the following arguments are required: --labels-key")
+
+
+@contextlib.contextmanager
+def _without_notebook_environment():
+    """Hide the ``SCMEDAL_*`` variables from the notebooks' kernels (the flags say everything)."""
+    saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("SCMEDAL_")}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
+
+
 def main(argv=None) -> int:
     """Entry point of the ``scmedal-lite`` command."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
     if args.command == "run":
+        _labels_key(parser, args)
         return run(args)
     return EXIT_BAD_INPUT                                 # pragma: no cover - argparse requires a command
 

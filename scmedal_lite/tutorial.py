@@ -1,16 +1,21 @@
-"""What the tutorial notebooks share: their parameters, the data, one trained model, and their output files.
+"""What the tutorial notebooks share: their parameters, the data, one trained model, and notebook 03's choices.
 
-Every notebook starts with a papermill ``parameters`` cell and then calls::
+Every notebook starts with a papermill ``parameters`` cell of plain values and then makes one call::
 
     from scmedal_lite import tutorial
-    p = tutorial.Params.parse(data_path=data_path, batch_key=batch_key, ..., notebook="01_batch_suppression")
-    adata = tutorial.load_data(p)      # COVID PBMC or the user's .h5ad, prepared, split, subsampled if quick
-    model = tutorial.get_model(adata, p)   # loaded from p.model_dir if it holds the same model, else trained
+    p, adata, model = tutorial.setup(data_path=data_path, batch_key=batch_key, ..., notebook="01_batch_suppression")
 
-Parameters may arrive as strings (papermill's ``-p``, the command line, environment variables);
-``Params.parse`` turns them into the right types with :mod:`scmedal_lite.validate` and fails with a clear
-message. Quick mode (``quick=True``) subsamples the cells and trains a few epochs, so a notebook runs in well
-under two minutes.
+:func:`setup` quiets the libraries' chatter, parses the parameters (:meth:`Params.parse`), reads and prepares the
+data (:func:`load_data`: the COVID PBMC data or the user's ``.h5ad``, split, subsampled in quick mode) and
+loads or trains the shared model (:func:`get_model`). Files are written with :mod:`scmedal_lite.io` under
+``p.output_dir`` (``p.path(name)``).
+
+Parameters may arrive as strings (papermill's ``-p``, the command line); ``Params.parse`` turns them into the
+right types with :mod:`scmedal_lite.validate` and fails with a clear message. A parameter left at ``None``
+takes its ``SCMEDAL_*`` environment variable (:data:`ENVIRONMENT`) when that is set, else its default: this
+is how ``pytest --nbmake`` and the book build (the Makefile) choose quick mode and shared folders without
+editing the notebooks. Quick mode (``quick=True``) subsamples the cells and trains a few epochs, so a notebook
+runs in well under two minutes.
 
 The model is shared between notebooks through ``model_dir``: it is saved under
 ``model_dir/scmedal-<fingerprint>``, where the fingerprint covers the data (expression, cells, batches,
@@ -34,22 +39,23 @@ from anndata import AnnData
 from scipy import sparse
 
 from . import __version__
-from .io import atomic_write
-from .validate import InputError, as_bool, as_int, check_batches, check_obs_key
+from .pp import SPLIT_KEY, split_masks
+from .validate import InputError, as_bool, as_int, check_batches, check_obs_key, looks_like_counts
 
 log = logging.getLogger(__name__)
 
-#: obs column holding the tutorial's train / val / test split (the paper's cell-level fold 0).
-SPLIT = "scmedal_split"
 #: Cells kept in quick mode.
 QUICK_CELLS = 3000
 #: Epochs per network in quick mode (unless max_epochs is given).
 QUICK_EPOCHS = 8
 #: Networks the shared model trains: fixed effects, random effects and the plain autoencoder.
-KINDS = ("fe", "re", "ae")
+SHARED_NETWORKS = ("fe", "re", "ae")
 #: Minimum cells a batch keeps when quick mode subsamples.
 MIN_BATCH_CELLS = 20
 DEFAULT_OUTPUT_DIR = "outputs"
+#: The environment variable each parameter falls back to when it is None (not given).
+ENVIRONMENT = {"data_path": "SCMEDAL_DATA_PATH", "max_epochs": "SCMEDAL_MAX_EPOCHS", "quick": "SCMEDAL_QUICK",
+               "output_dir": "SCMEDAL_OUTPUT_DIR", "model_dir": "SCMEDAL_MODEL_DIR"}
 
 
 def _optional(value):
@@ -61,13 +67,21 @@ def _optional(value):
     return value
 
 
+def _given(name: str, value):
+    """``value``, or when it is None (not given) the parameter's environment variable (None if unset)."""
+    value = _optional(value)
+    if value is None and name in ENVIRONMENT:
+        value = _optional(os.environ.get(ENVIRONMENT[name]))
+    return value
+
+
 @dataclass
 class Params:
     """The notebooks' parameters, parsed and checked."""
 
     data_path: str | None = None
     batch_key: str = "sample_id"
-    label_key: str = "celltype_coarse"
+    labels_key: str = "celltype_coarse"
     condition_key: str | None = "cond_group"
     max_epochs: int | None = None
     seed: int = 0
@@ -77,27 +91,34 @@ class Params:
     notebook: str = "notebook"
 
     @classmethod
-    def parse(cls, *, data_path=None, batch_key="sample_id", label_key="celltype_coarse",
-              condition_key="cond_group", max_epochs=None, seed=0, quick=False, output_dir=None,
+    def parse(cls, *, data_path=None, batch_key="sample_id", labels_key="celltype_coarse",
+              condition_key="cond_group", max_epochs=None, seed=0, quick=None, output_dir=None,
               model_dir=None, notebook="notebook") -> "Params":
-        """Turn raw parameter values (possibly strings) into :class:`Params`; raises :class:`InputError`."""
-        data_path = _optional(data_path)
+        """Turn raw parameter values (possibly strings) into :class:`Params`; raises :class:`InputError`.
+
+        ``None`` (or ``"None"``, ``""``) means "not given": ``data_path``, ``max_epochs``, ``quick``,
+        ``output_dir`` and ``model_dir`` then take their environment variable (:data:`ENVIRONMENT`) if it is
+        set, else their default: the bundled data, the package's epochs, no quick mode, ``outputs``, and
+        ``<output_dir>/model``.
+        """
+        data_path = _given("data_path", data_path)
         if data_path is not None:
             data_path = os.path.abspath(os.path.expanduser(str(data_path)))
-        for name, value in (("batch_key", batch_key), ("label_key", label_key)):
+        for name, value in (("batch_key", batch_key), ("labels_key", labels_key)):
             if _optional(value) is None:
                 raise InputError(f"{name} is required (an obs column name).")
         condition_key = _optional(condition_key)
-        max_epochs = _optional(max_epochs)
-        output_dir = _optional(output_dir) or DEFAULT_OUTPUT_DIR
-        model_dir = _optional(model_dir)
-        output_dir = os.path.abspath(os.path.expanduser(str(output_dir)))
+        max_epochs = _given("max_epochs", max_epochs)
+        quick = _given("quick", quick)
+        output_dir = os.path.abspath(os.path.expanduser(str(_given("output_dir", output_dir) or
+                                                            DEFAULT_OUTPUT_DIR)))
+        model_dir = _given("model_dir", model_dir)
         model_dir = os.path.join(output_dir, "model") if model_dir is None else model_dir
         return cls(
-            data_path=data_path, batch_key=str(batch_key), label_key=str(label_key),
+            data_path=data_path, batch_key=str(batch_key), labels_key=str(labels_key),
             condition_key=None if condition_key is None else str(condition_key),
             max_epochs=None if max_epochs is None else as_int("max_epochs", max_epochs, minimum=1),
-            seed=as_int("seed", seed, minimum=0), quick=as_bool("quick", quick),
+            seed=as_int("seed", seed, minimum=0), quick=False if quick is None else as_bool("quick", quick),
             output_dir=output_dir, model_dir=os.path.abspath(os.path.expanduser(str(model_dir))),
             notebook=str(notebook))
 
@@ -129,14 +150,6 @@ class Params:
 
 # ---------------------------------------------------------------------------------------------- data
 
-def looks_like_counts(adata: AnnData) -> bool:
-    """True when ``X`` holds non-negative integers with a maximum above 20 (raw counts)."""
-    X = adata.X
-    values = X.data if sparse.issparse(X) else np.asarray(X).ravel()
-    values = np.asarray(values[:500_000], dtype="float64")
-    return values.size > 0 and bool(np.allclose(values, np.round(values)) and values.max() > 20)
-
-
 def quick_subsample(adata: AnnData, *, batch_key: str, n_cells: int = QUICK_CELLS, seed: int = 0,
                     min_batch_cells: int = MIN_BATCH_CELLS) -> AnnData:
     """About ``n_cells`` cells drawn in proportion to the batches (seeded); every batch keeps at least
@@ -162,7 +175,9 @@ def load_data(p: Params) -> AnnData:
     * Quick mode keeps about :data:`QUICK_CELLS` cells (:func:`quick_subsample`).
     * Counts in ``X`` are prepared with :func:`scmedal_lite.pp.prepare`; log-normalised data are used as they
       are (more than 2,000 genes: the 2,000 most variable, seurat flavour).
-    * ``obs[SPLIT]``: the paper's cell-level 60/20/20 split, fold 0 (:func:`scmedal_lite.pp.split_cells`).
+    * Counts or not is decided by :func:`scmedal_lite.validate.looks_like_counts`.
+    * ``obs["split"]`` (:data:`scmedal_lite.pp.SPLIT_KEY`): the paper's cell-level 60/20/20 split, fold 0
+      (:func:`scmedal_lite.pp.split_cells`); a ``split`` column of the file is replaced in memory.
     """
     from . import datasets, pp
     from .validate import read_h5ad
@@ -173,7 +188,7 @@ def load_data(p: Params) -> AnnData:
     else:
         adata = read_h5ad(p.data_path)          # read fully into memory; the file is never written
         source = p.data_path
-    check_obs_key(adata, p.label_key, role="label_key")
+    check_obs_key(adata, p.labels_key, role="labels_key")
     if p.condition_key is not None:
         check_obs_key(adata, p.condition_key, role="condition_key")
     check_batches(adata, p.batch_key)
@@ -192,20 +207,14 @@ def load_data(p: Params) -> AnnData:
             sc.pp.highly_variable_genes(adata, n_top_genes=2000, flavor="seurat", subset=True)
         prepared = "already log-normalised: used as is"
     check_batches(adata, p.batch_key)
-    for key in (p.batch_key, p.label_key, p.condition_key):
+    for key in (p.batch_key, p.labels_key, p.condition_key):
         if key is not None:
             adata.obs[key] = adata.obs[key].astype(str).astype("category")
-    pp.split_cells(adata, batch_key=p.batch_key, labels_key=p.label_key, fold=0, key_added=SPLIT)
+    pp.split_cells(adata, batch_key=p.batch_key, labels_key=p.labels_key, fold=0, key_added=SPLIT_KEY)
     adata.uns["tutorial"] = {"source": source, "prepared": prepared, "quick": bool(p.quick),
                              "n_cells": int(adata.n_obs), "n_genes": int(adata.n_vars)}
     log.info("%s: %d cells x %d genes (%s)", source, adata.n_obs, adata.n_vars, prepared)
     return adata
-
-
-def masks(adata: AnnData) -> dict[str, np.ndarray]:
-    """Boolean masks ``train``, ``val``, ``test`` of the tutorial split."""
-    split = adata.obs[SPLIT].astype(str).to_numpy()
-    return {s: split == s for s in ("train", "val", "test")}
 
 
 def summary(adata: AnnData, p: Params) -> pd.DataFrame:
@@ -213,18 +222,18 @@ def summary(adata: AnnData, p: Params) -> pd.DataFrame:
     rows = {"source": adata.uns.get("tutorial", {}).get("source"), "cells": adata.n_obs,
             "genes": adata.n_vars,
             f"batches ({p.batch_key})": adata.obs[p.batch_key].nunique(),
-            f"labels ({p.label_key})": adata.obs[p.label_key].nunique()}
+            f"labels ({p.labels_key})": adata.obs[p.labels_key].nunique()}
     if p.condition_key is not None:
         counts = adata.obs[p.condition_key].value_counts()
         rows[f"conditions ({p.condition_key})"] = ", ".join(f"{k}: {v}" for k, v in counts.items())
-    for s, m in masks(adata).items():
+    for s, m in split_masks(adata).items():
         rows[f"{s} cells"] = int(m.sum())
     return pd.DataFrame({"value": [str(v) for v in rows.values()]}, index=list(rows))
 
 
 # ---------------------------------------------------------------------------------------------- model
 
-def fingerprint(adata: AnnData, p: Params, which=KINDS) -> str:
+def fingerprint(adata: AnnData, p: Params, which=SHARED_NETWORKS) -> str:
     """A short hash of everything a trained model depends on (data, keys, split, epochs, seed, quick)."""
     h = hashlib.sha256()
     X = adata.X
@@ -234,31 +243,32 @@ def fingerprint(adata: AnnData, p: Params, which=KINDS) -> str:
             h.update(np.ascontiguousarray(part).tobytes())
     else:
         h.update(np.ascontiguousarray(np.asarray(X, dtype="float32")).tobytes())
-    for values in (adata.obs_names, adata.var_names, adata.obs[p.batch_key], adata.obs[p.label_key],
-                   adata.obs[SPLIT]):
+    for values in (adata.obs_names, adata.var_names, adata.obs[p.batch_key], adata.obs[p.labels_key],
+                   adata.obs[SPLIT_KEY]):
         h.update("\x1f".join(map(str, values)).encode())
-    h.update(json.dumps({"batch_key": p.batch_key, "label_key": p.label_key, "epochs": p.epochs,
+    # the key names of 0.1.0 ("label_key"), so that shared models saved then keep their fingerprint
+    h.update(json.dumps({"batch_key": p.batch_key, "label_key": p.labels_key, "epochs": p.epochs,
                          "seed": p.seed, "quick": p.quick, "which": list(which), "version": __version__},
                         sort_keys=True).encode())
     return h.hexdigest()[:16]
 
 
-def get_model(adata: AnnData, p: Params, *, which=KINDS, verbose: bool = True):
+def get_model(adata: AnnData, p: Params, *, which=SHARED_NETWORKS, verbose: bool = True):
     """The shared scMEDAL model: loaded from ``p.model_dir`` when it holds one trained on the same data with
     the same settings, else trained (FE, RE and the plain AE) and saved there. Without ``model_dir`` it is
-    trained and kept in memory only. The split masks come from ``obs[SPLIT]`` in both cases."""
+    trained and kept in memory only. The split masks come from ``obs["split"]`` in both cases."""
     from .model import SCMEDAL
 
     fp = fingerprint(adata, p, which)
     path = None if p.model_dir is None else os.path.join(p.model_dir, f"scmedal-{fp}")
     if path is not None and os.path.exists(os.path.join(path, "setup.json")):
-        model = SCMEDAL.load(path, adata, split_key=SPLIT)
+        model = SCMEDAL.load(path, adata)
         if set(which) <= set(model.networks):
             if verbose:
                 print(f"Loaded the shared model from {path}")
             return model
     start = time.perf_counter()
-    model = SCMEDAL(adata, p.batch_key, p.label_key, split_key=SPLIT, seed=p.seed)
+    model = SCMEDAL(adata, p.batch_key, p.labels_key, seed=p.seed)
     model.train(p.epochs, which=tuple(which), seed=p.seed, progress=False)
     if verbose:
         print(f"Trained {', '.join(k.upper() for k in which)} in {time.perf_counter() - start:.0f} s")
@@ -280,27 +290,110 @@ def training_table(model) -> pd.DataFrame:
     return pd.DataFrame(rows).T
 
 
-# ---------------------------------------------------------------------------------------------- outputs
+# ---------------------------------------------------------------------------------------------- setup
 
-def write_csv(df: pd.DataFrame, p: Params, name: str, *, index: bool = False) -> str:
-    """Write ``df`` to ``output_dir/name`` atomically; returns the path."""
-    path = p.path(name)
-    with atomic_write(path) as tmp:
-        df.to_csv(tmp, index=index)
-    return path
-
-
-def save_figure(fig, p: Params, name: str, *, dpi: int = 110) -> str:
-    """Save a matplotlib figure to ``output_dir/figures/name`` (PNG, atomically); returns the path."""
-    path = p.path("figures", name)
-    with atomic_write(path) as tmp:
-        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
-    return path
+def quiet() -> None:
+    """Silence what clutters a notebook: tqdm's missing-widgets warning, FutureWarnings, the package's info
+    logs and TensorFlow's retracing notices."""
+    warnings.filterwarnings("ignore", message="IProgress not found")      # tqdm without ipywidgets
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    logging.getLogger("scmedal_lite").setLevel(logging.WARNING)
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
 
 
-def write_h5ad(adata: AnnData, p: Params, name: str = "adata.h5ad") -> str:
-    """Write ``adata`` to ``output_dir/name`` atomically; returns the path."""
-    path = p.path(name)
-    with atomic_write(path) as tmp:
-        adata.write_h5ad(tmp)
-    return path
+def setup(*, notebook: str, train: bool = True, **params):
+    """What every notebook does first; returns ``(p, adata, model)``.
+
+    :func:`quiet`, then ``p = Params.parse(**params, notebook=notebook)``, ``adata = load_data(p)`` and, with
+    ``train`` (the default), ``model = get_model(adata, p)``: the shared model, loaded from ``p.model_dir`` or
+    trained and saved there (``None`` without ``train``).
+    """
+    quiet()
+    p = Params.parse(notebook=notebook, **params)
+    adata = load_data(p)
+    return p, adata, get_model(adata, p) if train else None
+
+
+# ---------------------------------------------------------------------------------------------- notebook 03
+
+#: Notebook 03's defaults, chosen for the bundled COVID-19 PBMC data; other data fall back to generic choices.
+#: A finer cell-type column, used when it holds the cell type studied.
+FINE_LABELS_KEY = "mergedcelltype"
+#: The cell types preferred for the genomaps, in order (classical monocytes, then monocytes).
+PREFERRED_CELL_TYPES = ("Mono_Classical", "Mono")
+#: The order of the two condition groups when both are present: the effect is severe COVID-19 minus healthy.
+PREFERRED_CONTRAST = ("Severe", "HC")
+#: Cells in the genomap stack and layout iterations: (default, quick mode).
+GENOMAP_CELLS, GENOMAP_ITERATIONS = (300, 60), (100, 20)
+
+
+@dataclass
+class GenomapChoices:
+    """What notebook 03 shows and compares (see :func:`genomap_choices`)."""
+
+    labels_key: str
+    cell_type: str
+    cells: pd.Index
+    shown_batches: list
+    groups: tuple | None
+    group_of_batch: dict | None
+    n_cells: int
+    n_iter: int
+
+    def describe(self) -> pd.DataFrame:
+        """The choices as a small table, for the notebook to show."""
+        rows = {"cell type column": self.labels_key, "cell type": self.cell_type,
+                "cells of that type": len(self.cells), "batches shown": ", ".join(self.shown_batches),
+                "groups compared": " vs ".join(self.groups) if self.groups else "(no condition)",
+                "cells in the stack": self.n_cells, "genomap iterations": self.n_iter}
+        return pd.DataFrame({"value": list(rows.values())}, index=list(rows))
+
+
+def _condition_of_batch(adata: AnnData, p: Params) -> dict:
+    """Each batch's most frequent condition."""
+    return (adata.obs.groupby(p.batch_key, observed=True)[p.condition_key]
+            .agg(lambda s: s.astype(str).value_counts().index[0]).to_dict())
+
+
+def _shown_and_groups(adata: AnnData, p: Params, cells: pd.Index):
+    """Two batches to show (the one with most ``cells`` in each of the two most frequent conditions, or the two
+    with most ``cells`` without a condition), the two groups to compare and each batch's group."""
+    counts = adata.obs.loc[cells, p.batch_key].astype(str).value_counts()
+    if p.condition_key is None:
+        return [str(b) for b in counts.index[:2]], None, None
+    group_of_batch = _condition_of_batch(adata, p)
+    levels = pd.Series(group_of_batch).value_counts().index[:2].tolist()
+    shown = [next(iter(b for b in counts.index if group_of_batch.get(b) == lv), None) for lv in levels]
+    groups = tuple(levels) if len(levels) == 2 else None
+    if groups is not None and set(PREFERRED_CONTRAST) <= set(groups):
+        groups = PREFERRED_CONTRAST
+    return [str(b) for b in shown if b is not None], groups, group_of_batch
+
+
+def genomap_choices(adata: AnnData, p: Params, *, labels_key: str | None = None, cell_type: str | None = None,
+                    n_cells: int | None = None, n_iter: int | None = None) -> GenomapChoices:
+    """Notebook 03's data-set-specific choices, each overridable (its parameters cell passes them through).
+
+    - ``labels_key``: the column to choose cells from; default :data:`FINE_LABELS_KEY` when it holds the cell
+      type asked for (default: the first of :data:`PREFERRED_CELL_TYPES`), else ``p.labels_key``;
+    - ``cell_type``: default the first of :data:`PREFERRED_CELL_TYPES` present, else the most frequent label;
+    - the batches shown: with a condition, the batch with most cells of that type in each of the two most
+      frequent conditions; without, the two batches with most cells of that type;
+    - the groups compared: those two conditions, in the order :data:`PREFERRED_CONTRAST` when both are there
+      (the effect is the first minus the second);
+    - ``n_cells`` and ``n_iter``: :data:`GENOMAP_CELLS` and :data:`GENOMAP_ITERATIONS` (quick mode: the smaller).
+    """
+    obs = adata.obs
+    if labels_key is None:
+        fine = FINE_LABELS_KEY in obs and PREFERRED_CELL_TYPES[0] in set(obs[FINE_LABELS_KEY].astype(str))
+        labels_key = FINE_LABELS_KEY if fine and cell_type in (None, PREFERRED_CELL_TYPES[0]) else p.labels_key
+    check_obs_key(adata, labels_key, role="labels_key")
+    labels = obs[labels_key].astype(str)
+    if cell_type is None:
+        cell_type = next((t for t in PREFERRED_CELL_TYPES if t in set(labels)), labels.value_counts().index[0])
+    cells = obs.index[(labels == cell_type).to_numpy()]
+    shown, groups, group_of_batch = _shown_and_groups(adata, p, cells)
+    n_cells = as_int("n_cells", n_cells if n_cells is not None else GENOMAP_CELLS[p.quick], minimum=2)
+    n_iter = as_int("n_iter", n_iter if n_iter is not None else GENOMAP_ITERATIONS[p.quick], minimum=1)
+    return GenomapChoices(labels_key=labels_key, cell_type=str(cell_type), cells=cells, shown_batches=shown,
+                          groups=groups, group_of_batch=group_of_batch, n_cells=n_cells, n_iter=n_iter)

@@ -41,7 +41,7 @@ def data(tmp_path_factory):
 
 
 def args(data, out, *extra):
-    return ["run", str(data), "--batch-key", "patient", "--label-key", "annotation",
+    return ["run", str(data), "--batch-key", "patient", "--labels-key", "annotation",
             "--condition-key", "status", "--out", str(out), *extra]
 
 
@@ -82,7 +82,7 @@ def test_run_quick_writes_everything(data, tmp_path):
 @pytest.mark.parametrize("change, message", [
     (lambda a, d: a.__setitem__(1, str(d) + ".missing"), "File not found"),
     (lambda a, d: a.__setitem__(3, "donor"), "--batch-key 'donor' is not a column"),
-    (lambda a, d: a.__setitem__(5, "cell_type"), "--label-key 'cell_type' is not a column"),
+    (lambda a, d: a.__setitem__(5, "cell_type"), "--labels-key 'cell_type' is not a column"),
     (lambda a, d: a.__setitem__(7, "disease"), "--condition-key 'disease' is not a column"),
 ])
 def test_bad_input_exit_2(data, tmp_path, capsys, change, message):
@@ -94,10 +94,23 @@ def test_bad_input_exit_2(data, tmp_path, capsys, change, message):
     assert not (tmp_path / "out").exists()
 
 
+def test_old_label_key_flag_still_works_with_a_deprecation_message(data, tmp_path, capsys):
+    argv = args(data, tmp_path / "out")
+    argv[4] = "--label-key"                                   # the old name of --labels-key
+    argv[5] = "cell_type"
+    assert cli.main(argv) == cli.EXIT_BAD_INPUT               # it is read: the column is checked
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "--label-key is deprecated; use --labels-key" in err[0]
+    assert err[-1].startswith("scmedal-lite: error:") and "--labels-key 'cell_type' is not a column" in err[-1]
+    with pytest.raises(SystemExit) as exit_info:               # neither flag: argparse's usage error
+        cli.main([a for a in argv if a not in ("--label-key", "cell_type")])
+    assert exit_info.value.code == 2 and "--labels-key" in capsys.readouterr().err
+
+
 def test_single_batch_and_not_h5ad(tmp_path, capsys):
     one = sm.datasets.synthetic(n_cells=200, n_genes=30, n_batches=1, seed=0)
     one.write_h5ad(tmp_path / "one.h5ad")
-    argv = ["run", str(tmp_path / "one.h5ad"), "--batch-key", "batch", "--label-key", "celltype",
+    argv = ["run", str(tmp_path / "one.h5ad"), "--batch-key", "batch", "--labels-key", "celltype",
             "--out", str(tmp_path / "o")]
     assert cli.main(argv) == 2
     assert "single batch" in capsys.readouterr().err
@@ -129,7 +142,7 @@ def test_refuses_out_containing_the_input(data, tmp_path, capsys):
 def test_console_script_exit_code_and_one_line(tmp_path):
     script = Path(sys.executable).with_name("scmedal-lite")
     cmd = [str(script)] if script.exists() else [sys.executable, "-m", "scmedal_lite.cli"]
-    proc = subprocess.run(cmd + ["run", str(tmp_path / "nope.h5ad"), "--batch-key", "b", "--label-key", "c",
+    proc = subprocess.run(cmd + ["run", str(tmp_path / "nope.h5ad"), "--batch-key", "b", "--labels-key", "c",
                                  "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr

@@ -1,6 +1,7 @@
 """The tutorial notebooks: all pass under nbmake in quick mode, and papermill runs them on another file with
 other column names (parameters passed as strings, as from ``papermill -p`` or the command line)."""
 
+import ast
 import hashlib
 import os
 import subprocess
@@ -54,9 +55,14 @@ def test_notebook_structure(path):
     tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     assert len(tagged) == 1, "exactly one cell tagged 'parameters'"
     params = tagged[0].source
-    for name in ("data_path", "batch_key", "label_key", "condition_key", "max_epochs", "seed", "quick",
+    for name in ("data_path", "batch_key", "labels_key", "condition_key", "max_epochs", "seed", "quick",
                  "output_dir", "model_dir"):
         assert f"\n{name} = " in "\n" + params, f"parameter {name} missing"
+    for statement in ast.parse(params).body:          # plain values only: the environment is Params.parse's job
+        assert isinstance(statement, ast.Assign), ast.dump(statement)
+        ast.literal_eval(statement.value)
+    setup = nb.cells[nb.cells.index(tagged[0]) + 1].source
+    assert "tutorial.setup(" in setup, "the shared setup is one call"
     first = nb.cells[0]
     assert first.cell_type == "markdown" and first.source.startswith("# ") and "Question" in first.source
     assert nb.cells[-1].cell_type == "markdown" and "Key takeaways" in nb.cells[-1].source
@@ -79,6 +85,31 @@ def test_params_parse_strings(tmp_path):
         tutorial.Params.parse(batch_key="")
 
 
+def test_params_fall_back_to_the_environment_only_when_not_given(tmp_path, monkeypatch):
+    monkeypatch.setenv("SCMEDAL_QUICK", "1")
+    monkeypatch.setenv("SCMEDAL_OUTPUT_DIR", str(tmp_path / "env_out"))
+    monkeypatch.setenv("SCMEDAL_MAX_EPOCHS", "4")
+    p = tutorial.Params.parse()
+    assert p.quick is True and p.max_epochs == 4 and p.output_dir == str(tmp_path / "env_out")
+    assert p.model_dir == str(tmp_path / "env_out" / "model")
+    given = tutorial.Params.parse(quick=False, max_epochs=2, output_dir=str(tmp_path / "mine"))
+    assert given.quick is False and given.max_epochs == 2 and given.output_dir == str(tmp_path / "mine")
+
+
+def test_genomap_choices_defaults_and_overrides():
+    adata = sm.datasets.synthetic(n_cells=600, n_genes=20, n_batches=4, n_celltypes=3, seed=0)
+    p = tutorial.Params.parse(batch_key="batch", labels_key="celltype", condition_key="condition")
+    choice = tutorial.genomap_choices(adata, p)
+    assert choice.labels_key == "celltype" and choice.cell_type == adata.obs["celltype"].value_counts().index[0]
+    assert len(choice.shown_batches) == 2 and set(choice.groups) == set(adata.obs["condition"].astype(str))
+    groups = {choice.group_of_batch[b] for b in choice.shown_batches}
+    assert groups == set(choice.groups), "one shown batch per condition"
+    assert (choice.n_cells, choice.n_iter) == (tutorial.GENOMAP_CELLS[0], tutorial.GENOMAP_ITERATIONS[0])
+    other = tutorial.genomap_choices(adata, p, cell_type="type2", n_cells=50, n_iter=5)
+    assert other.cell_type == "type2" and (other.n_cells, other.n_iter) == (50, 5)
+    assert (adata.obs.loc[other.cells, "celltype"] == "type2").all()
+
+
 def test_quick_subsample_keeps_every_batch():
     adata = sm.datasets.synthetic(n_cells=4000, n_genes=20, n_batches=8, seed=0)
     small = (adata.obs["batch"] == "batch0") & (adata.obs_names.str[-1] != "0")     # batch0 keeps ~10 %
@@ -93,12 +124,12 @@ def test_quick_subsample_keeps_every_batch():
 
 def test_load_data_checks_keys(tmp_path):
     path = other_h5ad(tmp_path / "other.h5ad")
-    with pytest.raises(InputError, match="label_key 'celltype_coarse'"):
+    with pytest.raises(InputError, match="labels_key 'celltype_coarse'"):
         tutorial.load_data(tutorial.Params.parse(data_path=str(path), batch_key="donor"))
-    p = tutorial.Params.parse(data_path=str(path), batch_key="donor", label_key="cell_label",
+    p = tutorial.Params.parse(data_path=str(path), batch_key="donor", labels_key="cell_label",
                               condition_key="disease", output_dir=str(tmp_path))
     adata = tutorial.load_data(p)
-    assert "counts" in adata.layers and tutorial.SPLIT in adata.obs
+    assert "counts" in adata.layers and sm.pp.SPLIT_KEY in adata.obs
     fp = tutorial.fingerprint(adata, p)
     assert fp == tutorial.fingerprint(adata, p)
     assert fp != tutorial.fingerprint(adata, tutorial.Params.parse(**{**vars(p), "seed": 1}))
@@ -127,7 +158,7 @@ def test_papermill_on_another_file_with_other_keys(tmp_path):
     data = other_h5ad(tmp_path / "mine.h5ad")
     before = sha256(data)
     out = tmp_path / "out"
-    params = {"data_path": str(data), "batch_key": "donor", "label_key": "cell_label",
+    params = {"data_path": str(data), "batch_key": "donor", "labels_key": "cell_label",
               "condition_key": "disease", "quick": "True", "max_epochs": "3", "seed": "1",
               "output_dir": str(out)}
     for name in ("00_quickstart",):

@@ -239,6 +239,33 @@ def test_fit_or_load_uses_cache(tmp_path, monkeypatch):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp folders left
 
 
+def test_fit_or_load_swaps_a_broken_entry_in_one_step(tmp_path, monkeypatch):
+    """An unreadable cache entry is refitted and replaced by an atomic folder swap (io.atomic_dir), never
+    deleted first: the swap is asked to overwrite, and no temporary folder is left."""
+    from scmedal_lite import io
+    from scmedal_lite.genomaps import layout as layout_module
+
+    x = correlated(40, 30, seed=5)
+    key = gm.layout_cache_key(x, n_iter=20)
+    entry = tmp_path / f"layout-{key[:20]}"
+    entry.mkdir()
+    (entry / "layout.json").write_text("{ torn")
+    swaps = []
+    real = io.atomic_dir
+
+    def recording(path, **kwargs):
+        swaps.append((str(path), kwargs))
+        return real(path, **kwargs)
+
+    monkeypatch.setattr(layout_module, "atomic_dir", recording)
+    fitted = gm.fit_or_load(tmp_path, x, n_iter=20)
+    assert fitted.meta["cache_hit"] is False and swaps == [(str(entry), {"overwrite": True})]
+    again = gm.fit_or_load(tmp_path, x, params=gm.LayoutParams(n_iter=20))
+    assert again.meta["cache_hit"] is True
+    np.testing.assert_array_equal(again.T, fitted.T)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [entry.name]
+
+
 # --------------------------------------------------------------------------------------------------
 # cell selection
 # --------------------------------------------------------------------------------------------------

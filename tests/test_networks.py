@@ -37,6 +37,46 @@ def test_adversary_step_updates_only_the_adversary(data):
     assert not any(changed(ae_before, ae))
 
 
+def test_compile_builds_each_optimiser_on_its_own_weights():
+    """FE: the autoencoder's Adam has slots for the non-adversary weights only, the adversary's for the
+    adversary's; RE and AE: for all trainable weights. Nothing outside compile builds an optimiser."""
+    def slots(optimizer):                     # Adam: iterations and learning rate, then 2 slots per weight
+        return (len(optimizer.variables) - 2) // 2
+
+    fe = FixedEffectsAE(20, 3, hidden=(16, 8), latent_dim=4)
+    fe.compile(learning_rate=1e-2)                   # builds the network too
+    assert fe.optimizer.built and fe.adv_optimizer.built
+    assert slots(fe.optimizer) == len(fe._ae_weights()) < len(fe.trainable_weights)
+    assert slots(fe.adv_optimizer) == len(fe.adversary.trainable_weights)
+    assert fe.optimizers == [fe.optimizer, fe.adv_optimizer]
+    assert float(fe.optimizer.learning_rate) == pytest.approx(1e-2)
+    re = RandomEffectsAE(20, 3, hidden=(16, 8), latent_dim=4, seed=0)
+    re.compile()
+    assert slots(re.optimizer) == len(re.trainable_weights) and re.optimizers == [re.optimizer]
+
+
+def test_fit_network_sets_grad_scale_for_a_strategy_and_restores_it():
+    import tensorflow as tf
+
+    from scmedal_lite.training import fit_network
+
+    x = np.random.default_rng(0).random((32, 6)).astype("float32")
+    net = AutoEncoder(6, hidden=(4,), latent_dim=2)
+    strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
+    with strategy.scope():
+        net.compile()
+    net.grad_scale = 0.5                             # whatever it was before the run comes back after it
+    seen = []
+
+    def stop(epoch, logs):
+        seen.append(net.grad_scale)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit_network(net, (x,), (x,), epochs=3, batch_size=16, progress=False, strategy=strategy, on_epoch_end=stop)
+    assert seen == [1.0 / strategy.num_replicas_in_sync] and net.grad_scale == 0.5
+
+
 def test_autoencoder_step_leaves_the_adversary_alone(data):
     x, z = data
     net = FixedEffectsAE(20, 3, hidden=(16, 8), latent_dim=4)

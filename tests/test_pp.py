@@ -75,3 +75,21 @@ def test_scaling_fit_on_training_cells_only(counts):
     model = sm.SCMEDAL(counts, "batch")
     train = counts[counts.obs["split"] == "train"]
     assert model.minmax["max"][0] == pytest.approx(float(train.X.max()))
+
+
+def test_split_masks_read_the_split_column_or_hold_out_ten_percent():
+    adata = sm.datasets.synthetic(n_cells=500, n_genes=20, n_batches=3, seed=0)
+    sm.pp.split_cells(adata, batch_key="batch")
+    masks = sm.pp.split_masks(adata, require=("train", "val", "test"))
+    assert sorted(masks) == ["test", "train", "val"]
+    np.testing.assert_array_equal(masks["test"], (adata.obs[sm.pp.SPLIT_KEY] == "test").to_numpy())
+    assert (masks["train"].astype(int) + masks["val"] + masks["test"] == 1).all()
+    del adata.obs[sm.pp.SPLIT_KEY]
+    held = sm.pp.split_masks(adata, holdout_seed=3)
+    assert 0.05 < held["val"].mean() < 0.15 and not held["test"].any() and (held["train"] == ~held["val"]).all()
+    np.testing.assert_array_equal(held["val"], sm.pp.split_masks(adata, holdout_seed=3)["val"])
+    with pytest.raises(sm.InputError, match="split_key 'split' is not a column"):
+        sm.pp.split_masks(adata)
+    adata.obs["split"] = "train"
+    with pytest.raises(sm.InputError, match="has no 'test' cells; scores are computed on test cells"):
+        sm.pp.split_masks(adata, require=("train", "test"))

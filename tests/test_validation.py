@@ -554,6 +554,18 @@ def test_saved_model_loads(saved, model, log_adata):
     np.testing.assert_array_equal(again.get_latent("re"), model.get_latent("re", log_adata))
 
 
+def test_saved_model_in_format_1_still_loads(saved, model, log_adata):
+    """Models saved before the fitted min-max values were renamed (format 1: 'scaling') load unchanged."""
+    def to_format_1(setup):
+        setup["scaling"] = setup.pop("minmax")
+        return {**setup, "format_version": 1}
+
+    _edit_setup(saved, to_format_1)
+    again = sm.SCMEDAL.load(saved, log_adata)
+    assert again.minmax == model.minmax
+    np.testing.assert_array_equal(again.get_latent("re"), model.get_latent("re", log_adata))
+
+
 def test_saved_model_folder_problems(saved, tmp_path, log_adata):
     raises("No saved model at .*not a directory", sm.SCMEDAL.load, tmp_path / "elsewhere")
     raises("genes are missing", sm.SCMEDAL.load, saved, log_adata[:, 5:].copy())

@@ -116,7 +116,7 @@ def write_csv(path: str, df, *, index: bool = False, **kwargs) -> str:
 
 
 def write_npy(path: str, array) -> str:
-    """Write one array as ``.npy`` (no pickle)."""
+    """Write one array as ``.npy``. No pickle: object arrays are refused."""
     import numpy as np
 
     with atomic_write(path) as tmp:

@@ -36,12 +36,25 @@ log = logging.getLogger(__name__)
 _LAYOUT_FORMAT = 1
 
 
+#: How to install genomap: without its declared dependencies (torch, phate, louvain: several GB it does not use
+#: for the layouts).
+GENOMAP_INSTALL = "pip install --no-deps genomap==1.3.6"
+
+
 def _import_genomap():
-    """Import genomap lazily (it imports POT, which pulls in deep-learning backends unless disabled)."""
+    """Import genomap lazily. It imports POT, which would import TensorFlow's and PyTorch's backends: the two
+    ``POT_BACKEND_DISABLE_*`` variables are set (unless already set) here, just before, and not at import of
+    the package. A missing genomap raises :class:`ModuleNotFoundError` with the command that installs it."""
     os.environ.setdefault("POT_BACKEND_DISABLE_TENSORFLOW", "1")
     os.environ.setdefault("POT_BACKEND_DISABLE_PYTORCH", "1")
-    import genomap
-
+    try:
+        import genomap
+    except ModuleNotFoundError as err:
+        if err.name != "genomap":
+            raise
+        raise ModuleNotFoundError(
+            f"Genomap layouts need the package genomap, which is not installed. Install it without its declared "
+            f"dependencies (it does not need them here): `{GENOMAP_INSTALL}`", name="genomap") from None
     return genomap
 
 

@@ -573,9 +573,27 @@ class SCMEDAL:
         return self
 
     def __repr__(self):
-        trained = ", ".join(f"{k}: {v['epochs_run']} epochs" for k, v in self.trained.items()) or "untrained"
-        return (f"SCMEDAL({len(self.var_names)} genes, {len(self.batch_categories)} batches of "
-                f"{self.batch_key!r}, preset {self.config['preset']!r}; {trained})")
+        trained = ", ".join(f"{k.upper()} {v['epochs_run']} epochs" for k, v in self.trained.items())
+        labels = ("" if self.labels_key is None
+                  else f", {len(self.label_categories)} labels of {self.labels_key!r}")
+        cells = f"{self.adata.n_obs} cells, " if self.adata is not None else "no data, "
+        return (f"SCMEDAL({cells}{len(self.var_names)} genes, {len(self.batch_categories)} batches of "
+                f"{self.batch_key!r}{labels}, preset {self.config['preset']!r}; {trained or 'untrained'})")
+
+    def view_setup(self) -> None:
+        """Print the keys, batches, labels, genes, split and training state
+        (:func:`scmedal_lite.tl.setup_summary`)."""
+        from .tl import setup_summary
+
+        print(setup_summary(self))
+
+    def add_latent(self, kind: str = "fe", adata: anndata.AnnData | None = None, *,
+                   key_added: str | None = None, **kwargs):
+        """``adata.obsm[key_added]`` = :meth:`get_latent` (default key ``X_scMEDAL_FE`` / ``X_scMEDAL_RE``),
+        with settings and versions in ``uns["scmedal"]``: :func:`scmedal_lite.tl.latent`, from the model."""
+        from .tl import latent
+
+        return latent(self, adata, kind, key_added=key_added, **kwargs)
 
 
 def _maybe_tqdm(enabled, **kwargs):

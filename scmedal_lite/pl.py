@@ -1,16 +1,20 @@
 """Every figure of the package, in one namespace (``sm.pl``): UMAPs of latents, training curves, random effects,
 scores, MEC results, counterfactual means, and the genomap figures (from :mod:`scmedal_lite.genomaps.plots`).
 
-Small functions; each returns a matplotlib ``Figure`` built without pyplot (no global state, safe with any
-backend) and never shows it: display it in a notebook, or write it with :func:`scmedal_lite.io.write_figure`.
+Small functions; each returns a matplotlib ``Figure`` built without pyplot's figure manager (no global state,
+safe with any backend; seaborn draws into its axes where that is simpler) and never shows it: display it in a
+notebook, or write it with :func:`scmedal_lite.io.write_figure`. Where natural they take the AnnData and its
+keys (:func:`umaps`: ``obsm`` keys and ``obs`` columns) or the model (:func:`plot_history`,
+:func:`plot_random_effects`, :func:`plot_batch_uncertainty`); the array and table forms still work.
 UMAPs follow the paper: a k = 15 nearest-neighbour graph (scanpy) on the raw latent, then ``umap`` with
 ``min_dist=0.5`` and ``random_state=5``.
 
 Example
 -------
 >>> import scmedal_lite as sm
->>> coords = {"scMEDAL-FE": sm.pl.umap(model.get_latent("fe"))}                          # doctest: +SKIP
->>> fig = sm.pl.plot_umaps(coords, adata.obs, ["sample_id", "celltype_coarse"])          # doctest: +SKIP
+>>> sm.tl.latent(model, adata, kind="fe")                                                 # doctest: +SKIP
+>>> fig = sm.pl.umaps(adata, "X_scMEDAL_FE", color=["sample_id", "celltype_coarse"])     # doctest: +SKIP
+>>> fig = sm.pl.plot_history(model)                                                      # doctest: +SKIP
 >>> fig = sm.pl.plot_scores(sm.metrics.score_embeddings(...))                           # doctest: +SKIP
 """
 
@@ -29,9 +33,9 @@ from .validate import InputError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["umap", "plot_umaps", "plot_history", "plot_random_effects", "plot_batch_uncertainty", "plot_mec",
-           "plot_scores", "plot_counterfactual_means", "category_colors", "plot_cell_panel",
-           "plot_cell_all_batches", "plot_significant_pixels"]
+__all__ = ["umap", "umaps", "plot_umaps", "plot_history", "plot_random_effects", "plot_batch_uncertainty",
+           "plot_mec", "plot_scores", "plot_counterfactual_means", "counterfactual_means", "category_colors",
+           "plot_cell_panel", "plot_cell_all_batches", "plot_significant_pixels"]
 
 #: Categories beyond this number are drawn without a legend (the colours alone show the mixing).
 MAX_LEGEND = 20
@@ -117,10 +121,30 @@ def plot_umaps(coords: Mapping[str, np.ndarray], obs: pd.DataFrame, color_keys: 
     return fig
 
 
-def plot_history(history: Mapping[str, pd.DataFrame], *, columns: Sequence[str] = ("loss", "val_loss")):
-    """Training curves, one panel per network (``model.history``: ``{kind: losses per epoch}``)."""
+def umaps(adata, keys: str | Sequence[str], color: str | Sequence[str], *, names: Sequence[str] | None = None,
+          **kwargs):
+    """UMAPs of latents stored in ``adata.obsm`` (e.g. by :func:`scmedal_lite.tl.latent`): one row per key in
+    ``keys``, one column per ``obs`` column in ``color`` (:func:`umap`, then :func:`plot_umaps`). ``names``
+    titles the rows (default: the key without ``X_``, e.g. ``scMEDAL_FE``); ``kwargs`` go to
+    :func:`plot_umaps`. Subset the cells first, e.g. ``sm.pl.umaps(adata[test], ...)``."""
+    keys = [keys] if isinstance(keys, str) else list(keys)
+    missing = [k for k in keys if k not in adata.obsm]
+    if missing:
+        raise InputError(f"obsm key(s) {missing} not found; adata.obsm has {list(adata.obsm)} "
+                         "(sm.tl.latent(model, adata, kind=...) writes X_scMEDAL_FE / X_scMEDAL_RE)")
+    names = [k.removeprefix("X_") for k in keys] if names is None else list(names)
+    if len(names) != len(keys):
+        raise InputError(f"names has {len(names)} entries for {len(keys)} keys")
+    coords = {name: umap(np.asarray(adata.obsm[key])) for name, key in zip(names, keys)}
+    return plot_umaps(coords, adata.obs, color, **kwargs)
+
+
+def plot_history(history, *, columns: Sequence[str] = ("loss", "val_loss")):
+    """Training curves, one panel per network: a trained model, or its ``model.history``
+    (``{kind: losses per epoch}``)."""
     from matplotlib.figure import Figure
 
+    history = getattr(history, "history", history)
     items = [(k, h) for k, h in history.items() if h is not None and len(h)]
     if not items:
         raise InputError("history is empty: train the model first")
@@ -136,18 +160,28 @@ def plot_history(history: Mapping[str, pd.DataFrame], *, columns: Sequence[str] 
     return fig
 
 
-def plot_random_effects(table: pd.DataFrame, *, top: int | None = 30):
-    """Per-batch random effects from :meth:`scmedal_lite.SCMEDAL.random_effects`.
+def _effects_table(table) -> pd.DataFrame:
+    """``model.random_effects()`` of a model, or the table itself (checked)."""
+    if hasattr(table, "random_effects"):
+        table = table.random_effects()
+    need = {"layer", "batch", "mean_abs", "mean_sd"}
+    if not isinstance(table, pd.DataFrame) or not need <= set(table.columns):
+        raise InputError(f"table needs columns {sorted(need)}; pass the model or model.random_effects()")
+    return table
+
+
+def plot_random_effects(table, *, top: int | None = 30):
+    """Per-batch random effects of a model with a trained RE network, or its
+    :meth:`scmedal_lite.SCMEDAL.random_effects` table.
 
     Left: mean absolute posterior mean per batch and layer (heatmap, batches sorted by average magnitude);
     right: the posterior s.d. against the magnitude, one dot per batch and layer. ``top`` keeps the batches
     with the largest average magnitude (None: all).
     """
+    import seaborn as sns
     from matplotlib.figure import Figure
 
-    need = {"layer", "batch", "mean_abs", "mean_sd"}
-    if not need <= set(table.columns):
-        raise InputError(f"table needs columns {sorted(need)}; pass model.random_effects()")
+    table = _effects_table(table)
     wide = table.pivot_table(index="batch", columns="layer", values="mean_abs")
     order = wide.mean(axis=1).sort_values(ascending=False).index
     if top is not None:
@@ -155,25 +189,31 @@ def plot_random_effects(table: pd.DataFrame, *, top: int | None = 30):
     wide = wide.loc[order]
     fig = Figure(figsize=(11, max(3.0, 0.18 * len(wide) + 1.8)), layout="constrained")
     ax1, ax2 = fig.subplots(1, 2, width_ratios=[1.6, 1])
-    im = ax1.imshow(wide.to_numpy(), aspect="auto", cmap="magma")
-    ax1.set_yticks(range(len(wide)), [str(b) for b in wide.index], fontsize=6)
-    ax1.set_xticks(range(wide.shape[1]), [str(c) for c in wide.columns], rotation=60, ha="right", fontsize=7)
+    sns.heatmap(wide, ax=ax1, cmap="magma", yticklabels=True, cbar_kws={"shrink": 0.8})
+    ax1.tick_params(axis="y", labelsize=6)
+    ax1.tick_params(axis="x", labelsize=7, labelrotation=60)
+    ax1.set(xlabel="", ylabel="")
     ax1.set_title("mean |posterior mean| per batch and layer", fontsize=10)
-    fig.colorbar(im, ax=ax1, shrink=0.8)
-    for j, (layer, sub) in enumerate(table.groupby("layer", sort=True)):
-        ax2.scatter(sub["mean_abs"], sub["mean_sd"], s=10, label=layer, color=f"C{j % 10}")
-    ax2.set_xlabel("mean |posterior mean|")
-    ax2.set_ylabel("mean posterior s.d.")
+    sns.scatterplot(data=table.sort_values("layer"), x="mean_abs", y="mean_sd", hue="layer", s=12,
+                    linewidth=0, ax=ax2)
+    ax2.set(xlabel="mean |posterior mean|", ylabel="mean posterior s.d.")
     ax2.set_title("magnitude vs. uncertainty (one dot per batch)", fontsize=10)
     ax2.legend(fontsize=6, frameon=False)
     return fig
 
 
-def plot_batch_uncertainty(table: pd.DataFrame, cells_per_batch: pd.Series):
+def plot_batch_uncertainty(table, cells_per_batch: pd.Series | None = None):
     """Posterior s.d. of each batch's random effects (mean over layers and units) against its number of
-    training cells (``cells_per_batch``: a Series indexed by batch). One dot per batch, log-scaled x."""
+    training cells. One dot per batch, log-scaled x. ``table``: a model with a trained RE network (the cells
+    per batch then come from its training cells) or its ``random_effects()`` table with ``cells_per_batch``
+    (a Series indexed by batch)."""
     from matplotlib.figure import Figure
 
+    if cells_per_batch is None:
+        if getattr(table, "adata", None) is None or getattr(table, "train_mask", None) is None:
+            raise InputError("cells_per_batch is needed unless a model with its data is given")
+        cells_per_batch = table.adata.obs.loc[table.train_mask, table.batch_key].astype(str).value_counts()
+    table = _effects_table(table)
     sd = table.groupby("batch")["mean_sd"].mean()
     size = pd.Series(cells_per_batch).rename(index=str).reindex(sd.index.astype(str))
     fig = Figure(figsize=(4.8, 3.6), layout="constrained")
@@ -216,14 +256,32 @@ def plot_mec(summary: pd.DataFrame, *, metric: str = "balanced_accuracy"):
     return fig
 
 
-def plot_counterfactual_means(table: pd.DataFrame, *, n_labels: int = 8, title: str | None = None,
+def counterfactual_means(cf) -> pd.DataFrame:
+    """Genes x target batches: the mean expression of each target batch's rows of a counterfactual AnnData
+    (:meth:`scmedal_lite.SCMEDAL.counterfactual` with several batches), columns ``"as <batch>"``, sorted by the
+    absolute difference of the first two."""
+    if "target_batch" not in cf.obs:
+        raise InputError("not a counterfactual AnnData: obs has no 'target_batch' (model.counterfactual(...))")
+    batches = list(pd.unique(cf.obs["target_batch"].astype(str)))
+    X = cf.X.toarray() if hasattr(cf.X, "toarray") else np.asarray(cf.X)
+    target = cf.obs["target_batch"].astype(str).to_numpy()
+    table = pd.DataFrame({f"as {b}": X[target == b].mean(axis=0) for b in batches}, index=cf.var_names)
+    if table.shape[1] >= 2:
+        table = table.reindex((table.iloc[:, 0] - table.iloc[:, 1]).abs().sort_values(ascending=False).index)
+    return table
+
+
+def plot_counterfactual_means(table, *, n_labels: int = 8, title: str | None = None,
                               size: tuple[float, float] = (4.5, 4.2)):
     """Each gene's mean counterfactual expression in two target batches: the first column of ``table``
     (x, e.g. ``"as donor1"``) against the second (y), one dot per gene (the index), the diagonal, and the first
     ``n_labels`` genes of ``table`` labelled (sort it by the difference first to label the genes that differ
-    most)."""
+    most). ``table`` may also be the counterfactual AnnData itself (:func:`counterfactual_means`)."""
+    from anndata import AnnData
     from matplotlib.figure import Figure
 
+    if isinstance(table, AnnData):
+        table = counterfactual_means(table)
     if table.shape[1] < 2:
         raise InputError(f"table needs two columns of means (x, y); it has {list(table.columns)}")
     x, y = table.iloc[:, 0], table.iloc[:, 1]

@@ -162,6 +162,8 @@ def fetch(url: str, *, sha256: str | None = None, cache_dir: str | None = None, 
     filename
         Name in the cache; default the last component of the URL path.
 
+    Notes
+    -----
     Offline (or on any network error) a :class:`ConnectionError` says which file failed, from where, and
     the exact path at which to place a manually downloaded copy.
 
@@ -650,6 +652,8 @@ def authors_bundle(dataset: str, split=1, *, root: str | None = None, files: str
         The HH matrices are scipy sparse objects written with ``np.save``; reading them unpickles the file,
         which can run code from it. Off by default (a clear error then); set True only for trusted files.
 
+    Example
+    -------
     >>> adata = authors_bundle("AML", 1, root="~/data/scMEDAL")                       # doctest: +SKIP
     >>> model = sm.SCMEDAL(adata, batch_key="batch", labels_key="celltype",
     ...                    split_key="split")                                    # doctest: +SKIP

@@ -167,16 +167,18 @@ def run_genomap_analysis(model: Any, adata: ad.AnnData, *, labels_key: str, cell
                          all_batches_panels: bool = True) -> GenomapAnalysisResult:
     """Run the whole genomap step and write everything under ``out_dir``.
 
-    1. :func:`select_cells` of ``cell_types`` in ``obs[labels_key]`` (``shown_batches`` forced),
-    2. :func:`counterfactual_stack` + :func:`zscore_stack`, 3. :func:`fit_or_load` on the z-scores (cache in
-    ``out_dir/layout_cache``), 4. genomaps of every row, 5. if groups are given (``condition_key``: an obs
-    column constant within each batch, e.g. the donor's diagnosis, read from all cells of ``adata``; or an
-    explicit ``group_of_batch``), :func:`compare_batch_groups` on the genomaps. ``groups`` defaults to the two
-    group labels (sorted) when there are exactly two; the effect is ``groups[0] - groups[1]``, so pass e.g.
-    ``groups=("disease", "control")`` for disease - control. 6. :meth:`GenomapAnalysisResult.write`: the
-    tables and arrays, one panel per (cell type, shown batch) cell (:func:`plot_cell_panel`, plus
-    :func:`plot_cell_all_batches` if ``all_batches_panels``), the comparison and
-    :func:`plot_significant_pixels`, and ``summary.json``.
+    1. :func:`select_cells` of ``cell_types`` in ``obs[labels_key]`` (``shown_batches`` forced);
+    2. :func:`counterfactual_stack` + :func:`zscore_stack`;
+    3. :func:`fit_or_load` on the z-scores (cache in ``out_dir/layout_cache``);
+    4. genomaps of every row;
+    5. if groups are given (``condition_key``: an obs column constant within each batch, e.g. the donor's
+       diagnosis, read from all cells of ``adata``; or an explicit ``group_of_batch``),
+       :func:`compare_batch_groups` on the genomaps. ``groups`` defaults to the two group labels (sorted) when
+       there are exactly two; the effect is ``groups[0] - groups[1]``, so pass e.g.
+       ``groups=("disease", "control")`` for disease - control;
+    6. :meth:`GenomapAnalysisResult.write`: the tables and arrays, one panel per (cell type, shown batch) cell
+       (:func:`plot_cell_panel`, plus :func:`plot_cell_all_batches` if ``all_batches_panels``), the comparison
+       and :func:`plot_significant_pixels`, and ``summary.json``.
     """
     out = Path(out_dir)
     known = [str(b) for b in model.batch_categories]

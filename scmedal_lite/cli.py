@@ -3,7 +3,7 @@
 Usage::
 
     scmedal-lite run DATA.h5ad --batch-key donor --labels-key cell_type [--condition-key disease] --out DIR
-                     [--quick] [--max-epochs N] [--seed S] [--overwrite]
+                     [--quick] [--max-epochs N] [--seed S] [--overwrite] [--resume] [--quiet | --verbose]
 
 (``--label-key`` is the old name of ``--labels-key``; it still works, with a deprecation message.)
 
@@ -17,12 +17,18 @@ notebooks run with papermill, sharing one trained model, and ``DIR`` receives::
     adata.h5ad                   the prepared cells with obsm["X_scMEDAL_FE"] and obsm["X_scMEDAL_RE"]
     report/index.html            the executed notebooks as browsable HTML pages
     model/                       the trained model (``sm.SCMEDAL.load``)
-    run.json                     command, parameters, input checksum, timings, versions
+    run.json                     command, parameters, input checksum, timings, versions of the main packages
 
-``DATA.h5ad`` is only read. ``DIR`` is written whole or not at all (built in a temporary folder beside it,
-then renamed); an existing non-empty ``DIR`` is refused unless ``--overwrite``. The flags say everything: the
-``SCMEDAL_*`` environment variables that the notebooks otherwise read (:data:`scmedal_lite.tutorial.ENVIRONMENT`)
-are ignored.
+``DATA.h5ad`` is only read. ``DIR`` is written whole or not at all: the run builds everything in
+``DIR.partial`` and moves it to ``DIR`` in one step when every notebook has run; an existing non-empty ``DIR``
+is refused unless ``--overwrite``. A run that was killed or failed leaves ``DIR.partial``, with a marker for
+each notebook that completed: ``--resume`` (same input and parameters) reuses those notebooks and the trained
+model and runs the rest; without ``--resume`` an old ``DIR.partial`` is removed and the run starts afresh.
+
+The flags say everything: the ``SCMEDAL_*`` environment variables that the notebooks otherwise read
+(:data:`scmedal_lite.tutorial.ENVIRONMENT`) are ignored. Progress goes to stdout (one line per notebook) and a
+progress bar over each notebook's cells to stderr; ``--quiet`` keeps only errors, ``--verbose`` adds the
+package's log messages and each cell's output (stderr).
 """
 
 from __future__ import annotations
@@ -30,6 +36,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import importlib.util
+import json
+import logging
 import os
 import shlex
 import shutil
@@ -45,17 +54,21 @@ NOTEBOOKS = ("00_quickstart", "01_batch_suppression", "02_random_effects", "03_g
 REQUIRED = ("results/scores.csv", "results/classification.csv", "adata.h5ad", "report/index.html")
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
+#: Suffix of the work folder beside ``--out`` (kept after a kill or a failure, for ``--resume``).
+PARTIAL = ".partial"
+#: Inside the work folder: the run's identity and one marker per completed notebook (removed at the end).
+STATE_DIR = ".resume"
 
 
 def notebooks_dir() -> Path:
-    """Where the tutorial notebooks are: ``scmedal_lite/notebooks`` (a wheel) or ``notebooks/`` of the source
-    tree (an editable install or a checkout)."""
+    """Where the tutorial notebooks are: ``scmedal_lite/notebooks`` inside an installed wheel (package data), or
+    ``notebooks/`` of the source tree (an editable install or a checkout)."""
     here = Path(__file__).resolve().parent
     for candidate in (here / "notebooks", here.parent / "notebooks"):
         if all((candidate / f"{n}.ipynb").exists() for n in NOTEBOOKS):
             return candidate
     raise InputError("The tutorial notebooks were not found next to the package (scmedal_lite/notebooks or "
-                     "notebooks/ of the source tree); pass --notebooks-dir.")
+                     "notebooks/ of the source tree): reinstall scmedal_lite, or pass --notebooks-dir.")
 
 
 def sha256(path: str) -> str:
@@ -86,6 +99,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--max-epochs", type=int, default=None, help="epochs per network (default: package's)")
     run.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     run.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
+    run.add_argument("--resume", action="store_true",
+                     help="finish a killed or failed run: reuse the notebooks it completed and its trained model "
+                          "(kept in DIR.partial); without it an old DIR.partial is removed")
+    loud = run.add_mutually_exclusive_group()
+    loud.add_argument("--quiet", "-q", action="store_true", help="print only errors (no progress, no bars)")
+    loud.add_argument("--verbose", "-v", action="store_true",
+                      help="also the package's log messages and every cell's output (on stderr)")
     run.add_argument("--notebooks", default=None,
                      help=f"comma-separated subset of the notebooks (default all: {','.join(NOTEBOOKS)})")
     run.add_argument("--notebooks-dir", default=None, help=argparse.SUPPRESS)
@@ -134,12 +154,21 @@ def check_inputs(args) -> dict:
     if unknown or not names:
         raise InputError(f"--notebooks: unknown notebook(s) {unknown}; choose from {list(NOTEBOOKS)}.")
     nb_dir = Path(args.notebooks_dir) if args.notebooks_dir else notebooks_dir()
-    try:
-        import papermill  # noqa: F401
-    except ImportError:
-        raise InputError("papermill is not installed; install it with `pip install scmedal_lite[book]` "
-                         "(or `pip install papermill ipykernel`).") from None
+    _check_installed(names)
     return {"data": data, "out": out, "n_obs": n_obs, "n_vars": n_vars, "notebooks": names, "nb_dir": nb_dir}
+
+
+def _check_installed(names) -> None:
+    """What running the notebooks needs, with the command that installs what is missing."""
+    missing = [m for m in ("papermill", "ipykernel", "nbformat") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise InputError(f"{', '.join(missing)} not installed: `scmedal-lite run` needs the [cli] extra, "
+                         "`pip install \"scmedal_lite[cli]\"`.")
+    if "03_genomap_projection" in names and importlib.util.find_spec("genomap") is None:
+        from .genomaps.layout import GENOMAP_INSTALL
+
+        raise InputError(f"Notebook 03 needs genomap, which is not installed: `{GENOMAP_INSTALL}` (without "
+                         "its dependencies), or leave it out with --notebooks.")
 
 
 def _error(msg: str, code: int) -> int:
@@ -164,31 +193,104 @@ def _command(args) -> str:
     return shlex.join(parts)
 
 
-def _execute(checked: dict, parameters: dict, nb_out: str, out: str, timeout) -> tuple[list, dict, dict]:
-    """Run the selected notebooks with papermill into ``nb_out``, without the ``SCMEDAL_*`` environment;
-    returns (executed paths, seconds per notebook, status per path). A failure raises :class:`_RunFailed`."""
+def _say(args, message: str) -> None:
+    """A progress line on stdout (not with --quiet)."""
+    if not args.quiet:
+        print(message, flush=True)
+
+
+def _execute(checked: dict, parameters: dict, work: str, args) -> tuple[list, dict, dict, list]:
+    """Run the selected notebooks with papermill into ``work/notebooks``, without the ``SCMEDAL_*``
+    environment; a notebook with a completion marker (a resumed run) is not run again. Returns (executed
+    paths, seconds per notebook, status per path, notebooks reused). A failure raises :class:`_RunFailed`."""
     import papermill as pm
 
-    executed, timings, status = [], {}, {}
+    nb_out = os.path.join(work, "notebooks")
+    executed, timings, status, reused = [], {}, {}, []
+    names = checked["notebooks"]
     with _without_notebook_environment():
-        for name in checked["notebooks"]:
+        for i, name in enumerate(names, 1):
             src = str(checked["nb_dir"] / f"{name}.ipynb")
             dst = os.path.join(nb_out, f"{name}.ipynb")
+            done = _marker(work, name)
+            if done is not None and os.path.exists(dst):
+                timings[name], status[dst] = done, f"ok, {done:.0f} s (an earlier run)"
+                executed.append(dst)
+                reused.append(name)
+                _say(args, f"[{i}/{len(names)}] {name}: done in an earlier run, reused")
+                continue
+            _say(args, f"[{i}/{len(names)}] {name} ...")
             t0 = time.perf_counter()
-            print(f"  running {name} ...", end=" ", flush=True)
             try:
                 pm.execute_notebook(src, dst, parameters=parameters, kernel_name="python3", cwd=nb_out,
-                                    progress_bar=False, log_output=False, execution_timeout=timeout)
+                                    progress_bar=not args.quiet, log_output=bool(args.verbose),
+                                    execution_timeout=args.timeout)
             except pm.PapermillExecutionError as err:
-                print("failed", flush=True)
-                failed = _keep_failed(dst, out)
-                raise _RunFailed(f"notebook {name} failed: {err.ename}: {err.evalue} (the executed "
-                                 f"notebook is at {failed}; nothing was written to {out})") from None
+                raise _RunFailed(f"notebook {name} failed: {err.ename}: {err.evalue} (the executed notebook is "
+                                 f"{dst}; fix the cause and rerun with --resume to continue, or without it to "
+                                 f"start afresh)") from None
             timings[name] = round(time.perf_counter() - t0, 1)
             status[dst] = f"ok, {timings[name]:.0f} s"
             executed.append(dst)
-            print(f"done in {timings[name]:.0f} s", flush=True)
-    return executed, timings, status
+            _mark_done(work, name, timings[name])
+            _say(args, f"      done in {timings[name]:.0f} s")
+    return executed, timings, status, reused
+
+
+# ------------------------------------------------------------------------------ the resumable work folder
+
+def _state_path(work: str, name: str) -> str:
+    return os.path.join(work, STATE_DIR, name)
+
+
+def _marker(work: str, name: str) -> float | None:
+    """Seconds the notebook took when a marker says it completed in this work folder, else None."""
+    try:
+        with open(_state_path(work, f"{name}.done"), encoding="utf-8") as f:
+            return float(json.load(f)["seconds"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _mark_done(work: str, name: str, seconds: float) -> None:
+    from .io import write_json
+
+    write_json(_state_path(work, f"{name}.done"), {"notebook": name, "seconds": seconds})
+
+
+def _work_folder(out: str, identity: dict, args) -> str:
+    """``<out>.partial``: reused with ``--resume`` when it was started with the same input and parameters,
+    otherwise removed and made anew. Raises :class:`InputError` when ``--resume`` meets another run's folder."""
+    from .io import write_json
+
+    work = out + PARTIAL
+    if os.path.isdir(work) and args.resume:
+        try:
+            with open(_state_path(work, "run.json"), encoding="utf-8") as f:
+                before = json.load(f)
+        except (OSError, ValueError):
+            before = None
+        if before == identity:
+            done = sorted(n for n in NOTEBOOKS if _marker(work, n) is not None)
+            _say(args, f"resuming {work}: {len(done)} notebook(s) done before ({', '.join(done) or 'none'})")
+            return work
+        raise InputError(f"{work} holds a run of another input or other parameters; to start afresh, run "
+                         "without --resume (it removes that folder).")
+    if args.resume:
+        _say(args, f"nothing to resume at {work}: starting afresh")
+    if os.path.lexists(work):
+        _say(args, f"removing the unfinished run {work}")
+        shutil.rmtree(work)
+    for sub in ("notebooks", "results", "model"):
+        os.makedirs(os.path.join(work, sub))
+    write_json(_state_path(work, "run.json"), identity)
+    return work
+
+
+def _run_parameters(args, data: str) -> dict:
+    return {"data_path": data, "batch_key": args.batch_key, "labels_key": args.labels_key,
+            "condition_key": args.condition_key, "max_epochs": args.max_epochs, "seed": args.seed,
+            "quick": bool(args.quick)}
 
 
 def run(args) -> int:
@@ -198,48 +300,39 @@ def run(args) -> int:
     except InputError as err:
         return _error(str(err).replace("\n", " "), EXIT_BAD_INPUT)
 
-    from .io import atomic_dir, write_json
+    from .io import promote_dir, write_json
+    from .provenance import versions
 
     data, out = checked["data"], checked["out"]
     digest = sha256(data)
     started = time.perf_counter()
-    params = {"data_path": data, "batch_key": args.batch_key, "labels_key": args.labels_key,
-              "condition_key": args.condition_key, "max_epochs": args.max_epochs, "seed": args.seed,
-              "quick": bool(args.quick)}
-    print(f"scmedal-lite {__version__}: {data} ({checked['n_obs']} cells x {checked['n_vars']} genes) -> {out}",
-          flush=True)
+    params = _run_parameters(args, data)
+    _say(args, f"scmedal-lite {__version__}: {data} ({checked['n_obs']} cells x {checked['n_vars']} genes) "
+               f"-> {out}")
     try:
-        with atomic_dir(out, overwrite=args.overwrite) as tmp:
-            nb_out, results = os.path.join(tmp, "notebooks"), os.path.join(tmp, "results")
-            os.makedirs(nb_out)
-            os.makedirs(results)
-            run_params = dict(params, output_dir=results, model_dir=os.path.join(tmp, "model"))
-            executed, timings, status = _execute(checked, run_params, nb_out, out, args.timeout)
-            _collect(tmp, results)
-            _report(tmp, executed, status, args, digest, data)
-            if sha256(data) != digest:                     # belt and braces: the input must never change
-                raise _RunFailed(f"the input file {data} changed during the run; results discarded.")
-            write_json(os.path.join(tmp, "run.json"), {
-                "command": _command(args), "scmedal_lite_version": __version__, "input": data,
-                "input_sha256": digest, "parameters": params, "notebooks": checked["notebooks"],
-                "seconds_per_notebook": timings, "seconds_total": round(time.perf_counter() - started, 1)})
+        work = _work_folder(out, {"input_sha256": digest, "parameters": params, "scmedal_lite": __version__},
+                            args)
+        # relative to the kernels' folder (work/notebooks): the executed notebooks show no absolute path of it
+        run_params = dict(params, output_dir=os.path.join("..", "results"), model_dir=os.path.join("..", "model"))
+        executed, timings, status, reused = _execute(checked, run_params, work, args)
+        _collect(work, os.path.join(work, "results"))
+        _report(work, executed, status, args, digest, data)
+        if sha256(data) != digest:                     # belt and braces: the input must never change
+            raise _RunFailed(f"the input file {data} changed during the run; results discarded.")
+        write_json(os.path.join(work, "run.json"), {
+            "command": _command(args), "scmedal_lite_version": __version__, "versions": versions(),
+            "input": data, "input_sha256": digest, "parameters": params, "notebooks": checked["notebooks"],
+            "reused_from_an_earlier_run": reused, "seconds_per_notebook": timings,
+            "seconds_total": round(time.perf_counter() - started, 1)})
+        shutil.rmtree(os.path.join(work, STATE_DIR))
+        promote_dir(work, out, overwrite=args.overwrite)
     except _RunFailed as err:
         return _error(str(err), EXIT_FAILED)
     except InputError as err:
         return _error(str(err), EXIT_BAD_INPUT)
     report = os.path.join(out, "report", "index.html")
-    print(f"wrote {out} in {time.perf_counter() - started:.0f} s; report: {report}")
+    _say(args, f"wrote {out} in {time.perf_counter() - started:.0f} s; report: {report}")
     return 0
-
-
-def _keep_failed(executed: str, out: str) -> str:
-    """Copy a failed executed notebook beside the output folder, for debugging."""
-    folder = f"{out}.failed"
-    os.makedirs(folder, exist_ok=True)
-    dst = os.path.join(folder, os.path.basename(executed))
-    if os.path.exists(executed):
-        shutil.copy(executed, dst)
-    return dst
 
 
 def _collect(tmp: str, results: str) -> None:
@@ -277,9 +370,11 @@ def _report(tmp, executed, status, args, digest, data) -> None:
         if len(df):
             tables["Mixed-effects classification (balanced accuracy, mean over folds)"] = (
                 df.pivot(index="features", columns="scheme", values="mean").round(3).to_html())
+    from .provenance import versions
+
     info = {"input": data, "input sha256": digest, "batch key": args.batch_key, "labels key": args.labels_key,
             "condition key": args.condition_key, "quick": args.quick, "max epochs": args.max_epochs,
-            "seed": args.seed, "scmedal_lite": __version__}
+            "seed": args.seed, **versions()}
     write_report(executed, os.path.join(tmp, "report"), title="scMEDAL report: " + os.path.basename(data),
                  status=status, info=info, tables=tables)
 
@@ -305,12 +400,32 @@ def _without_notebook_environment():
         os.environ.update(saved)
 
 
+def _configure(args) -> None:
+    """What the command turns on for itself and its notebooks' kernels (importing the package does not):
+    Keras on TensorFlow, TensorFlow's C++ start-up messages off (unless --verbose), POT without deep-learning
+    backends, the package's verbosity and progress bars (:data:`scmedal_lite.settings`)."""
+    from ._settings import settings
+
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    os.environ.setdefault("POT_BACKEND_DISABLE_TENSORFLOW", "1")
+    os.environ.setdefault("POT_BACKEND_DISABLE_PYTORCH", "1")
+    if not args.verbose:
+        settings.quiet_tensorflow()
+    settings.configure(verbosity="info" if args.verbose else "error" if args.quiet else "warning",
+                       progress=not args.quiet)
+    if args.verbose:
+        logging.getLogger("papermill").setLevel(logging.INFO)
+        if not logging.getLogger().handlers:
+            logging.basicConfig(stream=sys.stderr, format="%(name)s: %(message)s")
+
+
 def main(argv=None) -> int:
     """Entry point of the ``scmedal-lite`` command."""
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command == "run":
         _labels_key(parser, args)
+        _configure(args)
         return run(args)
     return EXIT_BAD_INPUT                                 # pragma: no cover - argparse requires a command
 

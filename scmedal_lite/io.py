@@ -8,7 +8,8 @@ deleted. Folders are created as needed.
 
 - files: :func:`write_csv`, :func:`write_json`, :func:`write_text`, :func:`write_npy`, :func:`write_npz`,
   :func:`write_figure`, :func:`write_h5ad`, and :func:`atomic_write` for any other writer;
-- folders: :func:`atomic_dir` (a whole folder, swapped in one step).
+- folders: :func:`atomic_dir` (a whole folder, swapped in one step), :func:`promote_dir` (a folder built
+  elsewhere, e.g. a resumable ``<name>.partial``, swapped in the same way) and :func:`remove_temporaries`.
 
 Example
 -------
@@ -176,6 +177,30 @@ def _fsync_tree(folder: str) -> None:
         _fsync_dir(root)
 
 
+def _swap_in(src: str, path: str) -> None:
+    """Make the complete folder ``src`` be ``path`` in one step (an existing ``path`` is replaced and removed)."""
+    parent = os.path.dirname(path)
+    os.chmod(src, 0o777 & ~_umask())      # mkdtemp makes 0o700 folders
+    _fsync_tree(src)
+    if os.path.exists(path):
+        if _exchange(src, path):           # src now holds the old folder
+            shutil.rmtree(src, ignore_errors=True)
+        else:
+            old = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.", suffix=".old", dir=parent)
+            os.replace(path, os.path.join(old, "x"))
+            os.replace(src, path)
+            shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(src, path)
+    _fsync_dir(parent)
+
+
+def _refuse_busy(path: str, overwrite: bool) -> None:
+    if os.path.exists(path) and not overwrite:
+        if not os.path.isdir(path) or os.listdir(path):
+            raise InputError(f"{path!r} already exists; pass overwrite=True or choose another folder.")
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str, *, overwrite: bool = False):
     """Yield a temporary directory that becomes ``path`` on success (replacing it only with ``overwrite``).
@@ -185,30 +210,46 @@ def atomic_dir(path: str, *, overwrite: bool = False):
     the old folder is moved aside first (a kill in between leaves it in ``.<name>.*.old``).
     """
     path = os.path.abspath(os.fspath(path))
-    if os.path.exists(path) and not overwrite:
-        if not os.path.isdir(path) or os.listdir(path):
-            raise InputError(f"{path!r} already exists; pass overwrite=True or choose another folder.")
+    _refuse_busy(path, overwrite)
     parent = os.path.dirname(path)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=parent)
     try:
         yield tmp
-        os.chmod(tmp, 0o777 & ~_umask())      # mkdtemp makes 0o700 folders
-        _fsync_tree(tmp)
-        if os.path.exists(path):
-            if _exchange(tmp, path):           # tmp now holds the old folder; removed below
-                pass
-            else:
-                old = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.", suffix=".old", dir=parent)
-                os.replace(path, os.path.join(old, "x"))
-                os.replace(tmp, path)
-                shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-        _fsync_dir(parent)
+        _swap_in(tmp, path)
     finally:
         if os.path.lexists(tmp):
             if os.path.isdir(tmp) and not os.path.islink(tmp):
                 shutil.rmtree(tmp, ignore_errors=True)
             else:
                 os.remove(tmp)
+
+
+def promote_dir(src: str, path: str, *, overwrite: bool = False) -> str:
+    """Make the finished folder ``src`` (e.g. a resumable ``<path>.partial``) be ``path``, as :func:`atomic_dir`
+    does at its end: in one step, replacing a non-empty ``path`` only with ``overwrite``. The hidden
+    temporaries a killed writer may have left inside ``src`` are removed first (:func:`remove_temporaries`).
+    Returns ``path``."""
+    path = os.path.abspath(os.fspath(path))
+    _refuse_busy(path, overwrite)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    remove_temporaries(src)
+    _swap_in(os.path.abspath(src), path)
+    return path
+
+
+def remove_temporaries(folder: str) -> list[str]:
+    """Remove what killed writers of this module leave under ``folder``: hidden ``.<name>.*.tmp`` files and
+    folders and ``.<name>.*.old`` folders. Returns the paths removed."""
+    removed = []
+    for root, dirs, files in os.walk(folder):
+        for name in [*dirs, *files]:
+            if name.startswith(".") and name.endswith((".tmp", ".old")):
+                full = os.path.join(root, name)
+                if os.path.isdir(full) and not os.path.islink(full):
+                    shutil.rmtree(full, ignore_errors=True)
+                else:
+                    os.remove(full)
+                removed.append(full)
+        dirs[:] = [d for d in dirs if not (d.startswith(".") and d.endswith((".tmp", ".old")))]
+    return removed

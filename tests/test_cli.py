@@ -1,7 +1,6 @@
 """``scmedal-lite run``: a real quick run on a file it has never seen (other column names), the checks that
 refuse bad input with exit status 2, and the all-or-nothing output folder (with a fake notebook runner)."""
 
-import contextlib
 import hashlib
 import json
 import os
@@ -261,49 +260,4 @@ def test_missing_cli_extra_or_genomap_names_the_command(data, tmp_path, monkeypa
     monkeypatch.setattr(importlib.util, "find_spec", real)
 
 
-# ------------------------------------------------------------- a real run killed with SIGKILL, then resumed
-
-@pytest.mark.slow
-def test_killed_run_resumes(tmp_path):
-    """kill -9 once notebook 00 (which trains and saves the shared model) has completed; --resume reuses its
-    executed notebook and the model, runs notebook 02, and leaves only the output folder."""
-    import signal
-    import time
-
-    small = sm.datasets.synthetic(n_cells=500, n_genes=40, n_batches=4, n_celltypes=3, seed=5)
-    del small.uns["planted"]
-    data = tmp_path / "small.h5ad"
-    small.write_h5ad(data)
-    before = sha256(data)
-    out = tmp_path / "run"
-    argv = ["run", str(data), "--batch-key", "batch", "--labels-key", "celltype", "--condition-key", "condition",
-            "--out", str(out), "--quick", "--max-epochs", "2", "--notebooks", "00_quickstart,02_random_effects"]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SCMEDAL_")}
-    proc = subprocess.Popen([sys.executable, "-m", "scmedal_lite.cli", *argv], env=env, cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    partial = tmp_path / f"run{cli.PARTIAL}"
-    marker = partial / cli.STATE_DIR / "00_quickstart.done"
-    try:
-        deadline = time.time() + 600
-        while not marker.exists() and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.2)
-        assert marker.exists(), "notebook 00 did not complete"
-        proc.send_signal(signal.SIGKILL)                   # the command itself, as `kill -9 PID` would
-        proc.wait(timeout=60)
-        time.sleep(3)                                      # its kernel notices that its parent is gone
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-    assert not out.exists() and partial.is_dir()
-    executed_00 = partial / "notebooks" / "00_quickstart.ipynb"
-    stamp = executed_00.stat().st_mtime_ns
-    models = sorted(p.name for p in (partial / "model").iterdir() if not p.name.startswith("."))
-    assert len(models) == 1, models
-
-    assert cli.main([*argv, "--resume", "--quiet"]) == 0
-    assert sha256(data) == before, "the input file must never change"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "small.h5ad"], "no partial or temporary folder"
-    assert (out / "notebooks" / "00_quickstart.ipynb").stat().st_mtime_ns == stamp, "00 was not run again"
-    assert json.loads((out / "run.json").read_text())["reused_from_an_earlier_run"] == ["00_quickstart"]
-    assert "Loaded the shared model" in (out / "notebooks" / "02_random_effects.ipynb").read_text()
-    assert sorted(p.name for p in (out / "model").iterdir()) == models, "the same trained model"
+# A real run killed with SIGKILL and resumed: tests/test_wheel.py (with the installed wheel's command).

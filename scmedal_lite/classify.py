@@ -117,9 +117,10 @@ def mec(features, y, train_mask, test_mask, *, seed: int = 42, n_estimators: int
     Notes
     -----
     For each feature set: ``StandardScaler`` fit on the training cells,
-    ``RandomForestClassifier(n_estimators, random_state=seed)`` fit on the scaled training cells, accuracy and balanced accuracy on the
-    test cells. The chance level is a ``DummyClassifier(strategy="stratified", random_state=seed)`` fit on the
-    training targets, reported once as feature set ``"chance"``.
+    ``RandomForestClassifier(n_estimators, random_state=seed)`` fit on the scaled training cells, accuracy and
+    balanced accuracy on the test cells. The chance level is a
+    ``DummyClassifier(strategy="stratified", random_state=seed)`` fit on the training targets, reported once as
+    feature set ``"chance"``.
 
     Returns
     -------

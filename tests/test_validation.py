@@ -19,8 +19,19 @@ from scipy import sparse
 
 import scmedal_lite as sm
 from scmedal_lite import validate
-from scmedal_lite.validate import (MIN_CELLS_PER_BATCH, InputError, as_bool, as_float, as_int, as_int_list, as_seed,
-                                   check_adata, check_batches, check_obs_key, parse_settings)
+from scmedal_lite.validate import (
+    MIN_CELLS_PER_BATCH,
+    InputError,
+    as_bool,
+    as_float,
+    as_int,
+    as_int_list,
+    as_seed,
+    check_adata,
+    check_batches,
+    check_obs_key,
+    parse_settings,
+)
 
 SMALL = dict(hidden=[16], latent_dim=4)
 PROPS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -417,8 +428,8 @@ def test_obs_key_checks(columns, key, missing):
 @given(sizes=st.lists(st.integers(1, 25), min_size=1, max_size=5))
 def test_batch_size_checks(sizes):
     labels = np.repeat([f"b{i}" for i in range(len(sizes))], sizes)
-    adata = anndata.AnnData(np.ones((len(labels), 2), "float32"), obs=pd.DataFrame({"batch": labels},
-                                                                                   index=[str(i) for i in range(len(labels))]))
+    obs = pd.DataFrame({"batch": labels}, index=[str(i) for i in range(len(labels))])
+    adata = anndata.AnnData(np.ones((len(labels), 2), "float32"), obs=obs)
     if len(sizes) < 2:
         raises("single batch", check_batches, adata, "batch")
     elif min(sizes) < MIN_CELLS_PER_BATCH:
@@ -640,8 +651,8 @@ def test_loading_never_executes_code_from_the_files(saved, tmp_path, monkeypatch
     (ckpt / "state.json").write_text(json.dumps({"epochs_done": 1, "history": [], "best": 1.0, "best_epoch": 1,
                                                  "wait": 0, "weights": "w.weights.h5", "arrays": "evil.npy"}))
     with pytest.raises(Exception) as info:
-        from scmedal_lite.training import Checkpointer, EarlyStopper
         from scmedal_lite.networks import AutoEncoder
+        from scmedal_lite.training import Checkpointer, EarlyStopper
         net = AutoEncoder(20, hidden=(4,), latent_dim=2)
         net.build()
         net.compile(optimizer="adam")

@@ -52,7 +52,8 @@ Notes on the genomap package (1.3.6), checked on small cases (see ``tests/test_g
 * genomap is licensed CC BY-NC-ND: it is only imported and its public functions called.
 """
 
-from .layout import GenomapLayout, LayoutParams, _import_genomap, fit_or_load, grid_shape, layout_cache_key
+from .layout import GenomapLayout, LayoutParams, fit_or_load, grid_shape, layout_cache_key
+from .layout import _import_genomap as _import_genomap  # noqa: I001 - private, for the tests (gm._import_genomap)
 from .pipeline import GenomapAnalysisResult, PanelSettings, run_genomap_analysis
 from .plots import plot_cell_all_batches, plot_cell_panel, plot_significant_pixels
 from .stack import ROW_KINDS, STACK_COLUMNS, counterfactual_stack, select_cells, zscore_columns, zscore_stack

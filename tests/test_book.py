@@ -117,3 +117,67 @@ def test_failing_notebook_fails_the_build(tmp_path):
     proc = build(src, tmp_path / "out", dict(os.environ))
     assert proc.returncode != 0
     assert "boom" in proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_build_has_no_warnings(book):
+    _, first, _ = book
+    summary = re.findall(r"build succeeded(?:, (\d+) warnings?)?\.", first.stdout + first.stderr)
+    assert summary, "no Sphinx summary line"
+    assert summary[-1] == "", f"the build printed {summary[-1]} warning(s):\n" + "\n".join(
+        line for line in (first.stdout + first.stderr).splitlines() if "WARNING:" in line and ".py:" in line
+        or ": WARNING:" in line)
+
+
+def internal_links(html: Path):
+    """(page, url, problem) for every relative href/src of the built pages whose target file, or #anchor in
+    it, does not exist. The theme's template macros in _static are not pages."""
+    from urllib.parse import unquote, urlsplit
+
+    anchors = {}
+    for page in html.rglob("*.html"):
+        if "_static" in page.relative_to(html).parts:
+            continue
+        for url in re.findall(r"\b(?:href|src)=\"([^\"]*)\"", page.read_text(errors="replace")):
+            parts = urlsplit(url)
+            if not url or parts.scheme or url.startswith("//"):
+                continue
+            target = (page.parent / unquote(parts.path)).resolve() if parts.path else page
+            if target.is_dir():
+                target = target / "index.html"
+            if not target.exists():
+                yield page.relative_to(html), url, "missing file"
+            elif parts.fragment and target.suffix == ".html":
+                if target not in anchors:
+                    anchors[target] = set(re.findall(r"\bid=\"([^\"]+)\"", target.read_text(errors="replace")))
+                if unquote(parts.fragment) not in anchors[target]:
+                    yield page.relative_to(html), url, "missing anchor"
+
+
+@pytest.mark.slow
+def test_internal_links_resolve_offline(book):
+    html, _, _ = book
+    broken = list(internal_links(html))
+    assert not broken, broken[:20]
+
+
+@pytest.mark.slow
+def test_chapters_hide_setup_and_show_no_absolute_paths(book, tmp_path_factory):
+    html, _, _ = book
+    base = str(tmp_path_factory.getbasetemp())
+    for chapter in CHAPTERS:
+        text = (html / "notebooks" / f"{chapter}.html").read_text()
+        assert "tag_hide-input" in text and "tag_hide-cell" in text, f"{chapter}: setup cells not hidden"
+        for path in (base, str(ROOT)):
+            assert path not in text, f"{chapter} shows the absolute path {path}"
+    quickstart = (html / "notebooks" / "00_quickstart.html").read_text()
+    for call in ("sm.pp.prepare", "sm.SCMEDAL", "model.train", "sm.tl.latent", "model.counterfactual"):
+        assert call in quickstart, f"chapter 0 does not show {call}"
+
+
+def test_internal_link_check_finds_broken_links(tmp_path):
+    (tmp_path / "a.html").write_text('<a href="b.html#x">b</a><a href="missing.html">m</a>'
+                                     '<a href="https://example.org/">e</a><img src="c.png">')
+    (tmp_path / "b.html").write_text('<h1 id="y">b</h1>')
+    found = {(url, problem) for _, url, problem in internal_links(tmp_path)}
+    assert found == {("b.html#x", "missing anchor"), ("missing.html", "missing file"), ("c.png", "missing file")}

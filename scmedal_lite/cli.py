@@ -208,7 +208,7 @@ def _execute(checked: dict, parameters: dict, work: str, args) -> tuple[list, di
     nb_out = os.path.join(work, "notebooks")
     executed, timings, status, reused = [], {}, {}, []
     names = checked["notebooks"]
-    with _without_notebook_environment():
+    with _without_notebook_environment(), _silenced_stderr(args.quiet):
         for i, name in enumerate(names, 1):
             src = str(checked["nb_dir"] / f"{name}.ipynb")
             dst = os.path.join(nb_out, f"{name}.ipynb")
@@ -388,6 +388,26 @@ def _labels_key(parser: argparse.ArgumentParser, args) -> None:
         args.labels_key = args.label_key
     if args.labels_key is None:
         parser.error("the following arguments are required: --labels-key")
+
+
+@contextlib.contextmanager
+def _silenced_stderr(enabled: bool):
+    """With --quiet: file descriptor 2 goes to /dev/null while the notebooks run, so the kernels (which
+    inherit it) print no start-up chatter either; errors are printed after it is restored."""
+    if not enabled:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 @contextlib.contextmanager

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from .._settings import settings
 from ..io import atomic_dir, write_json, write_npz
 from ..validate import InputError
 from .stack import dense
@@ -288,7 +289,8 @@ class GenomapLayout:
         proj = self.T * self.n_pixels
         flat = np.zeros((x.shape[0], self.n_pixels), dtype=np.float32)
         starts = range(0, x.shape[0], chunk_size)
-        for s in tqdm(starts, desc="genomaps", leave=False, disable=len(starts) < 4):
+        quiet = len(starts) < 4 or not settings.progress
+        for s in tqdm(starts, desc="genomaps", leave=False, disable=quiet):
             flat[s:s + chunk_size, : self.n_genes] = x[s:s + chunk_size] @ proj
         # column-major (Fortran) order: pixel k -> (k % rows, k // rows)
         return np.ascontiguousarray(flat.reshape(-1, self.cols, self.rows).transpose(0, 2, 1))

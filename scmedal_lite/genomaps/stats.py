@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from .._settings import settings
 from ..validate import InputError, check_choice
 from .layout import GenomapLayout
 from .stack import dense
@@ -176,7 +177,7 @@ def mixed_tests(v: np.ndarray, in_a: np.ndarray, cells: np.ndarray, bmeans: np.n
     order = np.arange(n_feat)
     if max_pixels is not None and max_pixels < n_feat:
         order = np.argsort(-bmeans.var(axis=0), kind="stable")[: int(max_pixels)]
-    for j in tqdm(order, desc="mixedlm", leave=False):
+    for j in tqdm(order, desc="mixedlm", leave=False, disable=not settings.progress):
         if np.ptp(v[:, j]) == 0:
             continue
         stat[j], pval[j] = _mixed_one(v[:, j], in_a, cells)

@@ -93,7 +93,7 @@ class Params:
     @classmethod
     def parse(cls, *, data_path=None, batch_key="sample_id", labels_key="celltype_coarse",
               condition_key="cond_group", max_epochs=None, seed=0, quick=None, output_dir=None,
-              model_dir=None, notebook="notebook") -> "Params":
+              model_dir=None, notebook="notebook") -> Params:
         """Turn raw parameter values (possibly strings) into :class:`Params`; raises :class:`InputError`.
 
         ``None`` (or ``"None"``, ``""``) means "not given": ``data_path``, ``max_epochs``, ``quick``,

@@ -15,6 +15,10 @@ import pytest  # noqa: E402
 
 import scmedal_lite as sm  # noqa: E402
 
+# Same seed, same numbers: the tests compare runs bitwise (resume, XLA, seeds), so they ask for TensorFlow's
+# deterministic ops, as the notebooks and the command line do; importing the package does not turn them on.
+sm.settings.deterministic = True
+
 SMALL = dict(hidden=[64, 32], latent_dim=8)
 
 

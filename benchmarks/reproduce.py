@@ -23,8 +23,8 @@ from scmedal_lite import baselines, classify, metrics
 from scmedal_lite.io import write_csv, write_json, write_text
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SCORE_METRICS = ["asw", "inv_db", "ch", "batch_asw_scib", "ilisi", "knn_batch_fraction", "celltype_asw_scib",
-                 "nmi", "ari", "scib_overall"]
+SCORE_METRICS = ["asw", "inv_db", "ch", "batch_asw_scib", "knn_inv_simpson", "knn_batch_fraction",
+                 "celltype_asw_scib", "nmi", "ari", "lite_overall"]
 
 
 def cell_level_fold(adata, fold, args, log):
@@ -104,8 +104,8 @@ def main():
              "(the paper: 500; reduced to fit this machine).", "",
              f"batch = `{args.batch_key}`, label = `{args.labels_key}`, MEC target = `{args.condition_key}`; "
              f"{args.folds} folds, test split, mean [95% t-interval].", ""]
-    for metric in ("asw", "inv_db", "ch", "batch_asw_scib", "ilisi", "knn_batch_fraction", "nmi", "ari",
-                   "scib_overall"):
+    for metric in ("asw", "inv_db", "ch", "batch_asw_scib", "knn_inv_simpson", "knn_batch_fraction", "nmi", "ari",
+                   "lite_overall"):
         table = metrics.format_table(score_summary, metric=metric)
         lines += [f"## {metric}", "", table.to_markdown(), ""]
     test_mec = mec_summary[mec_summary["split"] == "test"]

@@ -58,7 +58,7 @@ def test_run_quick_writes_everything(data, tmp_path):
     scores = pd.read_csv(out / "results" / "scores.csv")
     assert list(scores.columns) == ["embedding", "metric", "label", "value"]
     assert {"PCA", "AE", "scMEDAL-FE", "Harmony", "Scanorama"} <= set(scores["embedding"])
-    assert {"asw", "ilisi"} <= set(scores["metric"]) and np.isfinite(scores["value"].dropna()).all()
+    assert {"asw", "knn_inv_simpson"} <= set(scores["metric"]) and np.isfinite(scores["value"].dropna()).all()
     mec = pd.read_csv(out / "results" / "classification.csv")
     assert {"fold", "scheme", "features", "metric", "value"} <= set(mec.columns)
     assert {"cells", "batches"} <= set(mec["scheme"]) and "chance" in set(mec["features"])

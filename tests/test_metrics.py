@@ -50,16 +50,16 @@ def test_paper_scores_match_sklearn():
         assert v["ch", lab] == pytest.approx(calinski_harabasz_score(X, y), rel=1e-12)
 
 
-def test_celltype_asw_scib_is_rescaled_asw_and_overall_is_weighted_mean():
+def test_celltype_asw_scib_is_rescaled_asw_and_lite_overall_is_weighted_mean():
     rng = np.random.default_rng(2)
     X, ct = clusters(rng, n_per=40, spread=3.0)
     batch = rng.integers(0, 3, len(ct))
     v = values(metrics.score_embeddings({"X": X}, batch, ct))
     assert v["celltype_asw_scib", "celltype"] == pytest.approx((v["asw", "celltype"] + 1) / 2)
-    expected = 0.4 * np.mean([v["batch_asw_scib", "batch"], v["ilisi", "batch"]]) + 0.6 * np.mean(
+    expected = 0.4 * np.mean([v["batch_asw_scib", "batch"], v["knn_inv_simpson", "batch"]]) + 0.6 * np.mean(
         [v["celltype_asw_scib", "celltype"], v["nmi", "celltype"], v["ari", "celltype"]]
     )
-    assert v["scib_overall", "overall"] == pytest.approx(expected)
+    assert v["lite_overall", "overall"] == pytest.approx(expected)
 
 
 def test_batch_asw_scib_matches_definition_and_skips_single_batch_types():
@@ -82,7 +82,7 @@ def brute_knn(X, k):
     return np.argsort(d, axis=1)[:, :k]
 
 
-def test_knn_fraction_and_ilisi_match_brute_force():
+def test_knn_fraction_and_inv_simpson_match_brute_force():
     rng = np.random.default_rng(4)
     X = rng.normal(size=(90, 3))
     X[:30, 0] += 2.0  # some structure so neighbourhoods are uneven
@@ -94,17 +94,16 @@ def test_knn_fraction_and_ilisi_match_brute_force():
     for i in range(90):
         p = np.bincount(batch[idx[i]], minlength=3) / k
         inv_simpson.append(1 / np.sum(p**2))
-    ilisi = (np.median(inv_simpson) - 1) / (3 - 1)
+    scaled = (np.median(inv_simpson) - 1) / (3 - 1)
     n_b = np.bincount(batch)
     expected = np.sum(n_b / 90 * (n_b - 1) / 89)
 
     obs, exp = metrics.knn_same_batch_fraction(X, batch, k=k)
     assert obs == pytest.approx(frac)
     assert exp == pytest.approx(expected)
-    v = values(metrics.score_embeddings({"X": X}, batch, metrics=["ilisi", "knn_batch_fraction",
-                                                                 "knn_batch_fraction_expected"],
-                                        n_neighbors=k))
-    assert v["ilisi", "batch"] == pytest.approx(ilisi)
+    v = values(metrics.score_embeddings({"X": X}, batch, n_neighbors=k, metrics=[
+        "knn_inv_simpson", "knn_batch_fraction", "knn_batch_fraction_expected"]))
+    assert v["knn_inv_simpson", "batch"] == pytest.approx(scaled)
     assert v["knn_batch_fraction", "batch"] == pytest.approx(frac)
     assert v["knn_batch_fraction_expected", "batch"] == pytest.approx(expected)
 
@@ -129,7 +128,7 @@ def test_mixed_batches_score_as_mixed_and_celltypes_as_separated():
     batch = rng.integers(0, 2, len(ct))  # independent of the structure: perfectly mixed
     v = values(metrics.score_embeddings({"X": X}, batch, ct, n_neighbors=15))
     assert v["batch_asw_scib", "batch"] > 0.9
-    assert v["ilisi", "batch"] > 0.8
+    assert v["knn_inv_simpson", "batch"] > 0.8
     expected = v["knn_batch_fraction_expected", "batch"]
     assert v["knn_batch_fraction", "batch"] == pytest.approx(expected, abs=0.05)
     assert abs(v["asw", "batch"]) < 0.05
@@ -137,7 +136,7 @@ def test_mixed_batches_score_as_mixed_and_celltypes_as_separated():
     assert v["celltype_asw_scib", "celltype"] > 0.9
     assert v["nmi", "celltype"] == pytest.approx(1.0)
     assert v["ari", "celltype"] == pytest.approx(1.0)
-    assert v["scib_overall", "overall"] > 0.85
+    assert v["lite_overall", "overall"] > 0.85
 
 
 def test_separated_batches_score_as_unmixed():
@@ -147,11 +146,11 @@ def test_separated_batches_score_as_unmixed():
     X[:, 0] += 60.0 * batch  # every cell type split by batch, far apart
     v = values(metrics.score_embeddings({"X": X}, batch, ct))
     assert v["batch_asw_scib", "batch"] < 0.1
-    assert v["ilisi", "batch"] == pytest.approx(0.0)
+    assert v["knn_inv_simpson", "batch"] == pytest.approx(0.0)
     assert v["knn_batch_fraction", "batch"] == pytest.approx(1.0)
     assert v["knn_batch_fraction_expected", "batch"] == pytest.approx(0.5, abs=0.02)
     assert v["asw", "batch"] > 0.2  # global silhouette is diluted by the cell-type spread
-    assert v["scib_overall", "overall"] < v["celltype_asw_scib", "celltype"]
+    assert v["lite_overall", "overall"] < v["celltype_asw_scib", "celltype"]
 
 
 def test_labels_none_gives_batch_scores_only_and_renamed_labels():
@@ -165,6 +164,28 @@ def test_labels_none_gives_batch_scores_only_and_renamed_labels():
     df2 = metrics.score_embeddings({"X": X}, batch, ct, metrics=["nmi", "asw"], label_name="cell_type")
     assert df2[["metric", "label"]].values.tolist() == [["nmi", "cell_type"], ["asw", "batch"],
                                                          ["asw", "cell_type"]]
+
+
+def test_inv_simpson_is_capped_with_more_batches_than_neighbours():
+    """The unweighted index of k neighbours cannot exceed k: perfect mixing of 63 batches with 15 neighbours
+    scores (15 - 1) / (63 - 1), about 0.23, which is why it is not called iLISI."""
+    rng = np.random.default_rng(11)
+    X = rng.normal(size=(63 * 20, 5))
+    batch = np.tile(np.arange(63), 20)                        # independent of X: perfectly mixed
+    v = values(metrics.score_embeddings({"X": X}, batch, metrics=["knn_inv_simpson"], sample_size=None))
+    assert v["knn_inv_simpson", "batch"] <= (15 - 1) / (63 - 1) + 1e-12
+    assert v["knn_inv_simpson", "batch"] > 0.15
+
+
+def test_old_metric_names_warn_and_report_new_names():
+    rng = np.random.default_rng(12)
+    X, ct = clusters(rng, n_per=30, spread=3.0)
+    batch = rng.integers(0, 3, len(ct))
+    with pytest.warns(FutureWarning, match=r"deprecated.*knn_inv_simpson.*lite_overall"):
+        old = metrics.score_embeddings({"X": X}, batch, ct, metrics=["ilisi", "scib_overall"])
+    new = metrics.score_embeddings({"X": X}, batch, ct, metrics=["knn_inv_simpson", "lite_overall"])
+    pd.testing.assert_frame_equal(old, new)
+    assert not {"ilisi", "scib_overall"} & set(metrics.METRICS)
 
 
 # ------------------------------------------------------------------ subsampling
@@ -290,8 +311,8 @@ def test_format_table_layout_and_strings():
     assert t.loc["PCA", "batch"] == f"{r['mean']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
     assert t.loc["FE", "celltype"] == "0.400"
     pd.testing.assert_frame_equal(metrics.format_table(df, metric="asw"), t)  # tidy input is summarised
-    with pytest.raises(ValueError, match="'ilisi' not in the summary"):
-        metrics.format_table(s, metric="ilisi")
+    with pytest.raises(ValueError, match="'knn_inv_simpson' not in the summary"):
+        metrics.format_table(s, metric="knn_inv_simpson")
 
 
 # ------------------------------------------------------------------ plotting

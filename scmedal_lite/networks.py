@@ -23,7 +23,7 @@ import tensorflow as tf
 from keras import layers, ops
 
 from .layers import ClusterScaleBias, TiedDenseTranspose
-from .presets import ARCHITECTURE
+from .presets import ARCHITECTURE, PAPER_FE_DESIGN
 from .validate import check_choice
 
 #: Learning rate of the optimisers ``compile`` creates when none is given (the paper's Adam 1e-4).
@@ -45,6 +45,18 @@ def _mse(x, x_hat):
 
 def _mean_of(losses):
     return ops.mean(ops.stack([_f32(v) for v in losses])) if losses else 0.0
+
+
+def _confusion(p):
+    """Cross-entropy of the adversary's prediction ``p`` against the uniform distribution over batches:
+    ``-mean_k log p_k``. Its minimum, ``log K``, is reached only when the adversary cannot tell the batches
+    apart, so minimising it mixes batches (unlike maximising the adversary's cross-entropy, which is
+    unbounded and is also achieved by a latent that keeps the batches apart under permuted labels)."""
+    return -ops.mean(ops.mean(ops.log(ops.clip(_f32(p), 1e-7, 1.0)), axis=-1))
+
+
+def _accuracy(y, p):
+    return ops.mean(ops.cast(ops.argmax(y, -1) == ops.argmax(p, -1), "float32"))
 
 
 class Encoder(layers.Layer):
@@ -96,6 +108,43 @@ class TiedDecoder(layers.Layer):
     def call(self, h):
         for block in self.blocks:
             h = block(h)
+        return h
+
+
+class RandomEffectsTiedDecoder(layers.Layer):
+    """The FE network's mixed-effects decoder: the mirror of an :class:`Encoder` (its transposed kernels, as
+    :class:`TiedDecoder`), with the batch's random scale and shift after every layer.
+
+    Layer ``i``: ``h <- act(pre_i * (1 + gamma_i(z)) + beta_i(z))`` with ``pre_i = W_i^T h + b_i`` (SELU, linear at
+    the output) and ``gamma_i``, ``beta_i`` variational random effects (:class:`ClusterScaleBias` without
+    normalisation). Decoding one latent with another batch's ``z`` moves it by that batch's effects only:
+    this is the counterfactual of :meth:`scmedal_lite.SCMEDAL.counterfactual` (``mode="fe"``).
+    """
+
+    def __init__(self, encoder: Encoder, n_genes: int, n_batches: int, *, seed=None, re_kwargs=None, **kwargs):
+        super().__init__(**kwargs)
+        sources = [encoder.latent, *reversed(encoder.dense)]
+        widths = [d.units for d in reversed(encoder.dense)] + [n_genes]
+        self.blocks = [TiedDenseTranspose(src, units, name=f"tied_{i}")
+                       for i, (src, units) in enumerate(zip(sources, widths))]
+        base = 500 if seed is None else int(seed) + 500
+        self.csb = [ClusterScaleBias(u, n_batches, seed=None if seed is None else base + 10 * i,
+                                     re_kwargs=re_kwargs, normalize=False, name=f"re_{i}")
+                    for i, u in enumerate(widths)]
+        self.n_batches = n_batches
+
+    def build(self, input_shapes):
+        for block, csb in zip(self.blocks, self.csb):
+            block.build(None)
+            csb.build([(None, block.units), (None, self.n_batches)])
+
+    def call(self, inputs, training=False, sample=None):
+        h, z = inputs
+        last = len(self.blocks) - 1
+        for i, (block, csb) in enumerate(zip(self.blocks, self.csb)):
+            h = csb([block(h), z], training=training, sample=sample)
+            if i < last:
+                h = ops.selu(h)
         return h
 
 
@@ -215,30 +264,70 @@ class AutoEncoder(_TrackedModel):
 class FixedEffectsAE(AutoEncoder):
     """scMEDAL-FE: the autoencoder trained against a batch adversary (domain-adversarial AE).
 
-    The adversary (Dense 512 → 132 ReLU → softmax over batches) sees the concatenation of all encoder
-    activations. Each training step first updates the adversary alone on ``CE(z, adv(h))``, then the
-    autoencoder on ``w_recon·MSE(x, x̂) − w_gen·CE(z, adv(h))`` (``+ w_class·CE(y, ŷ)`` with a cell-type head,
+    Each training step first updates the adversary alone (``adversary_steps`` times) on ``CE(z, adv(h))``, then
+    the autoencoder on ``w_recon·MSE(x, x̂) + w_gen·G(adv(h))`` (``+ w_class·CE(y, ŷ)`` with a cell-type head,
     the paper's FEC). Two Adam optimisers: ``self.optimizer`` (autoencoder) and ``self.adv_optimizer``.
-    Inputs are ``(x, z)`` or ``(x, z, y)``. Logged: ``loss`` (total), ``recon_loss``, ``adv_loss``,
-    ``adv_acc`` and, with a head, ``class_loss`` and ``class_acc`` (separate metrics, unlike the paper's code).
+
+    The design options (``SCMEDAL.config["fe_design"]``; the paper's in brackets):
+
+    - ``decoder``: ``"tied"`` [paper] reconstructs from the latent alone; ``"random_effects"`` adds the batch's
+      random scale and shift after every decoder layer (:class:`RandomEffectsTiedDecoder`), so the latent need
+      not carry the batch to reconstruct it, and the same latent decoded with another batch gives that cell's
+      counterfactual. Its KL terms (mean over layers) join the loss.
+    - ``adversary_input``: ``"all"`` [paper] concatenates every encoder activation; ``"latent"`` only the latent.
+    - ``generator_loss``: ``"negative_ce"`` [paper], ``G = -CE(z, adv)``, unbounded (the total loss goes
+      negative) and also minimised by a latent that separates batches under permuted labels;
+      ``"confusion"``, ``G = CE(uniform, adv)``, minimal only when the adversary cannot tell batches apart.
+    - ``adversary_steps``: adversary updates per autoencoder update [1].
+
+    Inputs are ``(x, z)`` or ``(x, z, y)``. Logged: ``loss`` (total), ``recon_loss``, ``adv_loss`` (the adversary's
+    cross-entropy), ``adv_acc``, with the random-effects decoder ``kl``, and with a head ``class_loss`` and
+    ``class_acc`` (separate metrics, unlike the paper's code).
     """
 
     loss_names = ("loss", "recon_loss", "adv_loss", "adv_acc")
+    DECODERS = ("tied", "random_effects")
+    ADVERSARY_INPUTS = ("all", "latent")
+    GENERATOR_LOSSES = ("negative_ce", "confusion")
 
     def __init__(self, n_genes, n_batches, hidden=(512, 132), latent_dim=50, n_labels=None, w_recon=1000.0,
-                 w_gen=1.0, w_class=1.0, adversary_hidden=None, **kwargs):
+                 w_gen=1.0, w_class=1.0, adversary_hidden=None, *, decoder="tied", adversary_input="all",
+                 generator_loss="negative_ce", adversary_steps=1, seed=None, re_kwargs=None, **kwargs):
         super().__init__(n_genes, hidden, latent_dim, n_labels=n_labels, w_recon=w_recon, w_class=w_class,
                          **kwargs)
+        check_choice("decoder", decoder, self.DECODERS)
+        check_choice("adversary_input", adversary_input, self.ADVERSARY_INPUTS)
+        check_choice("generator_loss", generator_loss, self.GENERATOR_LOSSES)
         self.n_batches, self.w_gen = n_batches, w_gen
+        self.decoder_kind, self.adversary_input, self.generator_loss = decoder, adversary_input, generator_loss
+        self.adversary_steps = int(adversary_steps)
+        if decoder == "random_effects":
+            self.decoder = RandomEffectsTiedDecoder(self.encoder, n_genes, n_batches, seed=seed,
+                                                    re_kwargs=re_kwargs, name="decoder")
+            self.loss_names = self.loss_names + ("kl",)
         self.adversary = _mlp_head(adversary_hidden or hidden, n_batches, "relu", "adversary")
         if n_labels:
             self.loss_names = self.loss_names + ("class_loss", "class_acc")
         self._init_trackers()
         self.adv_optimizer = None
 
+    @property
+    def has_random_effects(self) -> bool:
+        """True when the decoder carries the batch's random effects (counterfactuals from the FE latent)."""
+        return self.decoder_kind == "random_effects"
+
     def build(self, input_shape=None):
-        super().build(input_shape)
-        width = sum(d.units for d in self.encoder.dense) + self.encoder.latent.units
+        if self.has_random_effects:
+            self.encoder.build((None, self.n_genes))
+            self.decoder.build(None)
+            if self.classifier is not None:
+                self.classifier.build((None, self.encoder.latent.units))
+            self.built = True
+        else:
+            super().build(input_shape)
+        width = self.encoder.latent.units
+        if self.adversary_input == "all":
+            width += sum(d.units for d in self.encoder.dense)
         self.adversary.build((None, width))
 
     def compile(self, optimizer=None, adv_optimizer=None, *, learning_rate: float = DEFAULT_LEARNING_RATE,
@@ -259,22 +348,40 @@ class FixedEffectsAE(AutoEncoder):
     def optimizers(self) -> list:
         return [self.optimizer, self.adv_optimizer]
 
+    def decode(self, latent, z=None, training=False, sample=None):
+        """Expression from a latent; with the random-effects decoder, in batch(es) ``z`` (one-hot rows)."""
+        if self.has_random_effects:
+            return self.decoder([latent, z], training=training, sample=sample)
+        return self.decoder(latent)
+
+    def call(self, inputs, training=False):
+        x = inputs[0] if isinstance(inputs, (tuple, list)) else inputs
+        z = inputs[1] if isinstance(inputs, (tuple, list)) and len(inputs) > 1 else None
+        return self.decode(self.encode(x, training), z, training)
+
+    def _adversary_features(self, acts):
+        return ops.concatenate(acts, axis=-1) if self.adversary_input == "all" else acts[-1]
+
     def _adversary_input(self, x, training):
-        return ops.concatenate(self.encoder(x, training=training), axis=-1)
+        return self._adversary_features(self.encoder(x, training=training))
+
+    def _generator(self, z, z_pred):
+        return _confusion(z_pred) if self.generator_loss == "confusion" else -_cce(z, z_pred)
 
     def loss_terms(self, inputs, training):
         x, z = inputs[0], inputs[1]
         acts = self.encoder(x, training=training)
-        recon = _mse(x, self.decoder(acts[-1]))
-        z_pred = self.adversary(ops.concatenate(acts, axis=-1), training=False)
-        adv = _cce(z, z_pred)
-        out = {"recon_loss": recon, "adv_loss": adv,
-               "adv_acc": ops.mean(ops.cast(ops.argmax(z, -1) == ops.argmax(z_pred, -1), "float32"))}
-        total = self.w_recon * recon - self.w_gen * adv
+        recon = _mse(x, self.decode(acts[-1], z, training))
+        z_pred = self.adversary(self._adversary_features(acts), training=False)
+        out = {"recon_loss": recon, "adv_loss": _cce(z, z_pred), "adv_acc": _accuracy(z, z_pred)}
+        total = self.w_recon * recon + self.w_gen * self._generator(z, z_pred)
+        if self.has_random_effects:
+            out["kl"] = _mean_of(list(self.decoder.losses)) if training else ops.zeros((), "float32")
+            total = total + out["kl"]
         if self.classifier is not None:
             y_pred = self.classifier(acts[-1], training=training)
             out["class_loss"] = _cce(inputs[2], y_pred)
-            out["class_acc"] = ops.mean(ops.cast(ops.argmax(inputs[2], -1) == ops.argmax(y_pred, -1), "float32"))
+            out["class_acc"] = _accuracy(inputs[2], y_pred)
             total = total + self.w_class * out["class_loss"]
         out["loss"] = total
         return out
@@ -284,13 +391,15 @@ class FixedEffectsAE(AutoEncoder):
         return [v for v in self.trainable_weights if id(v) not in adv]
 
     def adversary_step(self, x, z):
-        """One update of the adversary alone (the encoder runs outside the tape). Returns its loss."""
+        """``adversary_steps`` updates of the adversary alone on one minibatch (the encoder runs once, outside
+        the tape). Returns the last loss."""
         h = ops.stop_gradient(self._adversary_input(x, True))
-        with tf.GradientTape() as tape:
-            loss = _cce(z, self.adversary(h, training=True))
-            scaled = loss * self.grad_scale
         weights = self.adversary.trainable_weights
-        self.adv_optimizer.apply_gradients(zip(tape.gradient(scaled, weights), weights))
+        for _ in range(self.adversary_steps):
+            with tf.GradientTape() as tape:
+                loss = _cce(z, self.adversary(h, training=True))
+                scaled = loss * self.grad_scale
+            self.adv_optimizer.apply_gradients(zip(tape.gradient(scaled, weights), weights))
         return loss
 
     def train_step(self, data):
@@ -328,10 +437,10 @@ class _RandomEffectsBlocks(layers.Layer):
     def _build_tail(self, width):
         """Build the layers that follow the blocks (input width ``width``); none by default."""
 
-    def _blocks(self, h, z, training, selu_last=True):
+    def _blocks(self, h, z, training, selu_last=True, sample=None):
         last = len(self.dense) - 1
         for i, (dense, csb) in enumerate(zip(self.dense, self.csb)):
-            h = csb([dense(h), z], training=training)
+            h = csb([dense(h), z], training=training, sample=sample)
             if selu_last or i < last:
                 h = ops.selu(h)
         return h
@@ -349,9 +458,9 @@ class RandomEffectsEncoder(_RandomEffectsBlocks):
     def _build_tail(self, width):
         self.latent.build((None, width))
 
-    def call(self, inputs, training=False):
+    def call(self, inputs, training=False, sample=None):
         x, z = inputs
-        return self.latent(self._blocks(x, z, training))
+        return self.latent(self._blocks(x, z, training, sample=sample))
 
 
 class RandomEffectsDecoder(_RandomEffectsBlocks):
@@ -369,9 +478,9 @@ class RandomEffectsDecoder(_RandomEffectsBlocks):
         self.dense.append(layers.Dense(n_genes, name="output"))
         self.csb = self._csb_blocks([*hidden, n_genes], n_batches, seed, 100, re_kwargs)
 
-    def call(self, inputs, training=False):
+    def call(self, inputs, training=False, sample=None):
         h, z = inputs
-        return self._blocks(h, z, training, selu_last=False)
+        return self._blocks(h, z, training, selu_last=False, sample=sample)
 
 
 class RandomEffectsAE(_TrackedModel):
@@ -406,11 +515,11 @@ class RandomEffectsAE(_TrackedModel):
         self.batch_head.build((None, self.latent_dim))
         self.built = True
 
-    def encode(self, x, z, training=False):
-        return self.encoder([x, z], training=training)
+    def encode(self, x, z, training=False, sample=None):
+        return self.encoder([x, z], training=training, sample=sample)
 
-    def decode(self, latent, z, training=False):
-        return self.decoder([latent, z], training=training)
+    def decode(self, latent, z, training=False, sample=None):
+        return self.decoder([latent, z], training=training, sample=sample)
 
     def call(self, inputs, training=False):
         x, z = inputs[0], inputs[1]
@@ -436,10 +545,19 @@ def _architecture(config) -> dict:
     return dict(hidden=tuple(config["hidden"]), latent_dim=config["latent_dim"])
 
 
+#: Settings of the random effects in the FE network's random-effects decoder: the RE network's prior and KL
+#: weight, the exact Gaussian KL and the intended (not the authors' inverted) posterior-scale initialisation.
+FE_DECODER_RANDOM_EFFECTS = {"kl": "exact", "scale_init": "clean"}
+
+
 def _fixed_effects(config, n_genes, n_batches, n_labels, seed):
     weights = config["fec"] if config["fec_head"] else config["fe"]
+    design = {**PAPER_FE_DESIGN, **config.get("fe_design", {})}     # saved before fe_design: the paper's
+    re_kwargs = {"prior_scale": ARCHITECTURE["prior_scale"], "kl_weight": ARCHITECTURE["kl_weight"],
+                 "post_loc_init_scale": ARCHITECTURE["post_loc_init_scale"], **FE_DECODER_RANDOM_EFFECTS}
     return FixedEffectsAE(n_genes, n_batches, n_labels=n_labels if config["fec_head"] else None,
-                          name="scmedal_fe", **_architecture(config), **weights)
+                          name="scmedal_fe", seed=seed, re_kwargs=re_kwargs, **design, **_architecture(config),
+                          **weights)
 
 
 def _random_effects(config, n_genes, n_batches, n_labels, seed):

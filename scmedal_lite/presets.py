@@ -18,6 +18,12 @@ import copy
 
 from .validate import InputError
 
+#: The FE network's design (see :class:`scmedal_lite.networks.FixedEffectsAE`): the paper's, and the allowed values.
+PAPER_FE_DESIGN = {"decoder": "tied", "adversary_input": "all", "generator_loss": "negative_ce",
+                   "adversary_steps": 1}
+FE_DESIGN_CHOICES = {"decoder": ("tied", "random_effects"), "adversary_input": ("all", "latent"),
+                     "generator_loss": ("negative_ce", "confusion")}
+
 _PAPER_SCHEDULE = {"learning_rate": 1e-4, "batch_size": 512, "max_epochs": 500, "max_steps": None,
                    "min_epochs": 1, "patience": 30}
 
@@ -28,6 +34,11 @@ PRESETS: dict[str, dict] = {
     # the RE network is otherwise badly under-trained for hundreds of epochs (anchors.md).
     "default": {
         "fe": {"w_recon": 1000.0, "w_gen": 1.0},
+        # A batch-invariant latent and a decoder with the batch's random effects: counterfactuals decode the
+        # FE latent in the target batch, and the adversary is one that mixing (not relabelling) defeats
+        # (book/method.md, "What the default changes").
+        "fe_design": {"decoder": "random_effects", "adversary_input": "latent", "generator_loss": "confusion",
+                      "adversary_steps": 5},
         "fec": {"w_recon": 2000.0, "w_gen": 1.0, "w_class": 1.0},
         "re": {"w_recon": 110.0, "w_clus": 0.1},
         "schedule": {"learning_rate": 1e-3, "batch_size": 512, "max_epochs": None, "max_steps": 2000,
@@ -39,6 +50,7 @@ PRESETS: dict[str, dict] = {
         "fe": {"w_recon": 4000.0, "w_gen": 1.0},
         "fec": {"w_recon": 2000.0, "w_gen": 1.0, "w_class": 1.0},
         "re": {"w_recon": 110.0, "w_clus": 0.1},
+        "fe_design": dict(PAPER_FE_DESIGN),
         "schedule": dict(_PAPER_SCHEDULE),
         "description": "The authors' default configuration (configs/training.py).",
     },
@@ -46,6 +58,7 @@ PRESETS: dict[str, dict] = {
         "fe": {"w_recon": 1000.0, "w_gen": 1.0},
         "fec": {"w_recon": 2000.0, "w_gen": 0.5, "w_class": 3.0},
         "re": {"w_recon": 110.0, "w_clus": 0.1},
+        "fe_design": dict(PAPER_FE_DESIGN),
         "schedule": dict(_PAPER_SCHEDULE),
         "data": {"batch_key": "batch", "labels_key": "celltype", "condition_key": "Patient_group",
                  "n_top_genes": 2916},
@@ -55,6 +68,7 @@ PRESETS: dict[str, dict] = {
         "fe": {"w_recon": 2000.0, "w_gen": 1.0},
         "fec": {"w_recon": 2000.0, "w_gen": 1.0, "w_class": 1.0},
         "re": {"w_recon": 110.0, "w_clus": 0.4},
+        "fe_design": dict(PAPER_FE_DESIGN),
         "schedule": dict(_PAPER_SCHEDULE),
         "data": {"batch_key": "batch", "labels_key": "celltype", "condition_key": "diagnosis",
                  "n_top_genes": 2916},
@@ -64,6 +78,7 @@ PRESETS: dict[str, dict] = {
         "fe": {"w_recon": 600.0, "w_gen": 1.0},
         "fec": {"w_recon": 2000.0, "w_gen": 1.0, "w_class": 1.0},
         "re": {"w_recon": 110.0, "w_clus": 0.1},
+        "fe_design": dict(PAPER_FE_DESIGN),
         "schedule": dict(_PAPER_SCHEDULE),
         "data": {"batch_key": "batch", "labels_key": "celltype", "condition_key": "TissueDetail",
                  "n_top_genes": 3000},

@@ -78,8 +78,10 @@ def test_counterfactual_modes_differ_and_units_are_log_expression(trained, synth
     cells = synth[synth.obs["batch"] == "batch0"][:30]
     full = trained.counterfactual(cells, batch="batch1", mode="full").X
     dec = trained.counterfactual(cells, batch="batch1", mode="decoder").X
-    assert not np.allclose(full, dec)
-    scaled = trained.counterfactual(cells, batch="batch1", scaled=True).X
+    default = trained.counterfactual(cells, batch="batch1")
+    assert default.uns["scmedal_counterfactual"]["mode"] == "fe"       # the FE latent, target's random effects
+    assert not np.allclose(full, dec) and not np.allclose(default.X, full)
+    scaled = trained.counterfactual(cells, batch="batch1", mode="full", scaled=True).X
     lo, hi = float(synth.X.min()), float(synth.X.max())
     # one float32 multiply-add (scaled * span + lo) against the same in float64: a few ulps of the span
     np.testing.assert_allclose(full, scaled * (hi - lo) + lo, rtol=0,

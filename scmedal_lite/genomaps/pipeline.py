@@ -161,7 +161,7 @@ def run_genomap_analysis(model: Any, adata: ad.AnnData, *, labels_key: str, cell
                          condition_key: str | None = None,
                          group_of_batch: Mapping[str, str] | None = None, groups: tuple[str, str] | None = None,
                          n_cells: int = 300, n_iter: int = 200, seed: int = 0,
-                         target_batches: Sequence[str] | None = None, mode: str = "full", test: str = "mwu",
+                         target_batches: Sequence[str] | None = None, mode: str = "auto", test: str = "mwu",
                          max_pixels: int | None = None, vmin: float | None = None, vmax: float | None = None,
                          top_n: int = 10, title_keys: Sequence[str] = (),
                          all_batches_panels: bool = True) -> GenomapAnalysisResult:

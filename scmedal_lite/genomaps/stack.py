@@ -165,6 +165,14 @@ def _check_stack_inputs(model: Any, adata: ad.AnnData, cells: pd.Index, target_b
     return batches
 
 
+def _fixed_effects_reconstruction(model: Any, sub: ad.AnnData) -> np.ndarray:
+    """The FE network's reconstruction free of any batch effect (random effects at their prior mean, when its
+    decoder has them), in the scaled units."""
+    if getattr(model, "_fe_has_random_effects", lambda: False)():
+        return model.get_reconstruction("fe", sub, scaled=True, random_effects=False)
+    return model.get_reconstruction("fe", sub, scaled=True)
+
+
 def _blocks(model: Any, sub: ad.AnnData, genes: pd.Index, batches: list[str], mode: str) -> list[np.ndarray]:
     """The scaled input, the FE reconstruction and one RE counterfactual per target batch of ``sub``'s cells."""
     shape = (sub.n_obs, len(genes))
@@ -176,7 +184,7 @@ def _blocks(model: Any, sub: ad.AnnData, genes: pd.Index, batches: list[str], mo
         return x
 
     blocks = [checked(model.scale(sub), "model.scale(...)"),
-              checked(model.get_reconstruction("fe", sub, scaled=True), "FE reconstruction")]
+              checked(_fixed_effects_reconstruction(model, sub), "FE reconstruction")]
     for b in tqdm(batches, desc="counterfactuals", leave=False):
         cf = model.counterfactual(sub, batch=b, mode=mode, scaled=True)
         same = np.array_equal(np.asarray(getattr(cf, "obs_names", sub.obs_names)), np.asarray(sub.obs_names))
@@ -207,14 +215,15 @@ def _stack_obs(sub: ad.AnnData, batches: list[str], batch_key: str) -> pd.DataFr
 
 
 def counterfactual_stack(model: Any, adata: ad.AnnData, cells: Sequence[str] | pd.Index, *,
-                         target_batches: Sequence[str] | None = None, mode: str = "full") -> ad.AnnData:
+                         target_batches: Sequence[str] | None = None, mode: str = "auto") -> ad.AnnData:
     """Stack input, FE reconstruction and RE counterfactuals of ``cells`` into one AnnData.
 
     Rows, in blocks of ``len(cells)`` (cells in the given order within each block):
     the min-max scaled input (``model.scale``), the FE reconstruction
-    (``model.get_reconstruction("fe", cells, scaled=True)``), then one block per target batch with the
-    RE reconstruction as if measured in that batch (``model.counterfactual(batch=b, mode=mode,
-    scaled=True)``). All values are in the scaled units the networks see.
+    (free of any batch effect: with the default FE network, its decoder with the random effects at their prior
+    mean), then one block per target batch with the counterfactual reconstruction as if measured in that batch
+    (``model.counterfactual(batch=b, mode=mode, scaled=True)``; ``mode="auto"``: decoded from the FE latent when
+    the model can). All values are in the scaled units the networks see.
 
     obs columns: ``cell`` (source obs_name), ``kind`` (one of :data:`ROW_KINDS`: "input", "fe", "re"),
     ``target_batch`` (categorical; NaN for input/FE rows), ``source_batch`` (the cell's own batch, from

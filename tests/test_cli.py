@@ -262,3 +262,23 @@ def test_missing_cli_extra_or_genomap_names_the_command(data, tmp_path, monkeypa
 
 
 # A real run killed with SIGKILL and resumed: tests/test_wheel.py (with the installed wheel's command).
+
+
+def test_quiet_verbose_and_version(data, tmp_path, monkeypatch, capsys):
+    import papermill
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(args(data, tmp_path / "o", "--quiet", "--verbose"))
+    assert exit_info.value.code == 2 and "not allowed with" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["--version"])
+    assert capsys.readouterr().out.strip() == f"scmedal-lite {sm.__version__}"
+    calls = []
+    monkeypatch.setattr(papermill, "execute_notebook", lambda *a, **kw: calls.append(kw) or fake_runner()(*a, **kw))
+    saved = sm.settings.verbosity
+    try:
+        assert cli.main(args(data, tmp_path / "run", "--verbose", "--notebooks", "00_quickstart")) == 0
+        assert sm.settings.verbosity == "info" and calls[0]["log_output"] is True
+        assert calls[0]["progress_bar"] is True
+    finally:
+        sm.settings.verbosity = saved

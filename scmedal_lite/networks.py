@@ -546,8 +546,9 @@ def _architecture(config) -> dict:
 
 
 #: Settings of the random effects in the FE network's random-effects decoder: the RE network's prior and KL
-#: weight, the exact Gaussian KL and the intended (not the authors' inverted) posterior-scale initialisation.
-FE_DECODER_RANDOM_EFFECTS = {"kl": "exact", "scale_init": "clean"}
+#: weight, the exact Gaussian KL, the intended (not the authors' inverted) posterior-scale initialisation, and
+#: posterior means that start at the prior mean (no effect until the data show one).
+FE_DECODER_RANDOM_EFFECTS = {"kl": "exact", "scale_init": "clean", "post_loc_init_scale": 0.0}
 
 
 def _fixed_effects(config, n_genes, n_batches, n_labels, seed):

@@ -196,7 +196,7 @@ def losses(history):
 def scores(latents, adata):
     emb = {f"scMEDAL-{k.upper()}": v for k, v in latents.items()}
     return sm.metrics.score_embeddings(emb, adata.obs["batch"].to_numpy(), adata.obs["celltype"].to_numpy(),
-                                       metrics=["asw", "batch_asw_scib", "ilisi", "knn_batch_fraction"])
+                                       metrics=["asw", "batch_asw_scib", "knn_inv_simpson", "knn_batch_fraction"])
 
 
 class Crash(Exception):

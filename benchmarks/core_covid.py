@@ -15,8 +15,8 @@ import time
 from sklearn.decomposition import PCA
 
 import scmedal_lite as sm
-from scmedal_lite.metrics import score_embeddings
 from scmedal_lite.io import write_json, write_text
+from scmedal_lite.metrics import score_embeddings
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

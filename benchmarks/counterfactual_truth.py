@@ -267,7 +267,8 @@ def write_outputs(args, tables, extra, scatter, timing, total):
     table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
     if len(table):
         write_csv(args.out + ".csv", table, index=False)
-    parts = [f"# Counterfactuals against known answers\n\nCommand: `.venv/bin/python benchmarks/counterfactual_truth.py "
+    parts = ["# Counterfactuals against known answers\n\n"
+             f"Command: `.venv/bin/python benchmarks/counterfactual_truth.py "
              f"--designs {args.designs}`; seed {args.seed}; {platform.processor() or platform.machine()}, "
              f"{os.cpu_count()} CPUs; {total / 60:.1f} min in all. Modes: `fe` (default: the FE latent decoded "
              "with the target batch's random effects), `full` and `decoder` (the paper's swaps in the RE network). "

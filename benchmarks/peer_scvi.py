@@ -29,8 +29,8 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 
 import scmedal_lite as sm  # noqa: E402
-from scmedal_lite.metrics import score_embeddings  # noqa: E402
 from scmedal_lite.io import write_json, write_text  # noqa: E402
+from scmedal_lite.metrics import score_embeddings  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -90,7 +90,7 @@ def main():
         import scvi  # noqa: F401  (only checks the optional extra is there)
     except ImportError as err:
         raise SystemExit("scVI is an optional extra: `pip install torch==2.13.0` (CPU build) then "
-                         f"`pip install scvi-tools` into this environment ({err}).")
+                         f"`pip install scvi-tools` into this environment ({err}).") from err
 
     adata = sm.datasets.covid_pbmc()
     sm.pp.prepare(adata, batch_key="sample_id")
@@ -115,7 +115,7 @@ def main():
                               adata.obs["celltype_coarse"].to_numpy()[test_idx], metrics=["asw"])
     for _, r in scores.iterrows():
         rows[r["embedding"]][f"asw_{r['label']}"] = float(r["value"])
-    for name, r in rows.items():
+    for r in rows.values():
         r["train_cells_per_second"] = len(train_idx) * r["epochs_run"] / r["seconds"]
         r["seconds_vs_scvi"] = r["seconds"] / rows["scVI"]["seconds"]
     result = {

@@ -1,7 +1,8 @@
 """The paper's protocol on one dataset: k folds; FE, RE, AE, PCA and the baselines; scores; MEC on cell-level and
 leave-batches-out splits. Writes paper-style tables to benchmarks/results/reproduce_<name>.{csv,md,json}.
 
-Default: the real COVID PBMC data (batch = sample_id, labels = coarse cell type, MEC target = the condition, cond_group).
+Default: the real COVID PBMC data (batch = sample_id, labels = coarse cell type, MEC target = the condition,
+cond_group).
 
     .venv/bin/python benchmarks/reproduce.py                       # 5 folds, 30 epochs per network
     .venv/bin/python benchmarks/reproduce.py --folds 2 --epochs 5  # a quick look

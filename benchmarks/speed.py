@@ -112,7 +112,7 @@ def counterfactual_throughput(model, adata, chunk_size=4096):
     watcher.start()
     t = time.perf_counter()
     total = 0
-    for _, cells, values in model.iter_counterfactuals(test, chunk_size=chunk_size):
+    for _, _cells, values in model.iter_counterfactuals(test, chunk_size=chunk_size):
         total += values.shape[0]
     seconds = time.perf_counter() - t
     stop.set()
@@ -132,7 +132,8 @@ def time_to_quality(adata, seed=0):
     model = sm.SCMEDAL(adata, "sample_id", "celltype_coarse", seed=seed)
     x = model.scale(adata)
     pca = PCA(50, random_state=0).fit(x[model.train_mask]).transform(x[test])
-    pca_asw = float(score_embeddings({"pca": pca}, batch, labels, metrics=["asw"]).query("label == 'batch'")["value"].iloc[0])
+    pca_scores = score_embeddings({"pca": pca}, batch, labels, metrics=["asw"])
+    pca_asw = float(pca_scores.query("label == 'batch'")["value"].iloc[0])
     trace = {"fe": [], "re": []}
     clock = {"train": 0.0, "last": None}
 

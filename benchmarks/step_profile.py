@@ -14,7 +14,8 @@ are measurement devices, not models anyone should train:
 - ``fe`` / ``fe_xla``: the FE step (adversary step plus autoencoder step).
 
 The dense floating-point work of a step (forward and backward) and the machine's matmul rate, measured in the
-same run (as ``speed.py`` measures them), give the time a perfect implementation would need. Writes ``benchmarks/results/step_profile.json``.
+same run (as ``speed.py`` measures them), give the time a perfect implementation would need.
+Writes ``benchmarks/results/step_profile.json``.
 
     .venv/bin/python benchmarks/step_profile.py [--rounds 9]
 """
@@ -28,12 +29,12 @@ import time
 import keras
 import numpy as np
 import tensorflow as tf
+from speed import dense_flops, matmul_rates  # benchmarks/speed.py, next to this script
 
 from scmedal_lite import layers as L
 from scmedal_lite.io import write_json
 from scmedal_lite.networks import FixedEffectsAE, RandomEffectsAE
 from scmedal_lite.training import seed_everything
-from speed import dense_flops, matmul_rates          # benchmarks/speed.py, next to this script
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CELLS, GENES, BATCHES = 512, 1000, 63

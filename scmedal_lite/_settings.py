@@ -6,15 +6,16 @@ TensorFlow switch. An application turns on what it wants, as the command line an
     import scmedal_lite as sm
     sm.settings.verbosity = "info"      # the package's log messages (and TensorFlow's Python logger)
     sm.settings.progress = False        # no progress bars (they go to stderr)
-    sm.settings.deterministic = True    # same seed, same numbers: TensorFlow's process-wide op determinism
+    sm.settings.deterministic = False   # faster, at the cost of bit-for-bit repeatability (default True)
 
 or all at once: ``sm.settings.configure(verbosity="warning", progress=False, deterministic=True)``.
 
 ``verbosity`` sets the level of the ``scmedal_lite`` logger (and gives it a handler on stderr when it has none)
 and, below ``"info"``, quiets the ``tensorflow`` and ``absl`` loggers; :meth:`Settings.quiet_tensorflow` also
-sets ``TF_CPP_MIN_LOG_LEVEL`` for a TensorFlow not yet imported. ``deterministic`` calls
-``tf.config.experimental.enable_op_determinism()`` (or disables it): every later training with the same seed
-gives identical weights, at some cost in speed; it affects the whole process, hence a setting.
+sets ``TF_CPP_MIN_LOG_LEVEL`` for a TensorFlow not yet imported. ``deterministic`` (default True: same seed,
+same data, same numbers) makes every training call ``tf.config.experimental.enable_op_determinism()`` when it
+starts, never the import; setting it to False disables TensorFlow's op determinism (process-wide) and trainings
+stop turning it on, for some speed.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ class Settings:
     def __init__(self):
         self._verbosity = "warning"
         self._progress = True
-        self._deterministic = False
+        self._deterministic = True
 
     # ------------------------------------------------------------------ verbosity
     @property
@@ -79,8 +80,9 @@ class Settings:
     # ------------------------------------------------------------------ determinism
     @property
     def deterministic(self) -> bool:
-        """Whether TensorFlow's ops are deterministic (process-wide); default False. Setting it imports
-        TensorFlow and enables or disables op determinism."""
+        """Whether training makes TensorFlow's ops deterministic (process-wide); default True, applied when a
+        training starts (:func:`scmedal_lite.training.seed_everything`). Setting it imports TensorFlow and
+        enables or disables op determinism at once."""
         return self._deterministic
 
     @deterministic.setter
@@ -90,7 +92,7 @@ class Settings:
 
         if value:
             tf.config.experimental.enable_op_determinism()
-        elif self._deterministic:
+        else:
             from tensorflow.python.framework import config as tf_config
 
             tf_config.disable_op_determinism()

@@ -35,11 +35,24 @@ from . import __version__
 from .io import atomic_dir, atomic_write
 from .networks import NETWORKS, build_network
 from .pp import SPLIT_KEY, invert_minmax, split_masks
-from .rows import OneHotRows, ScaledRows, stream_minmax
 from .presets import ARCHITECTURE, get_preset
+from .rows import OneHotRows, ScaledRows, stream_minmax
 from .training import TrainSettings, fit_network, seed_everything
-from .validate import (InputError, as_bool, as_float, as_int, as_int_list, as_seed, check_adata, check_batches,
-                       check_choice, check_obs_key, check_setup, parse_fe_design, parse_settings)
+from .validate import (
+    InputError,
+    as_bool,
+    as_float,
+    as_int,
+    as_int_list,
+    as_seed,
+    check_adata,
+    check_batches,
+    check_choice,
+    check_obs_key,
+    check_setup,
+    parse_fe_design,
+    parse_settings,
+)
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +143,8 @@ class SCMEDAL:
         self.var_names = pd.Index(adata.var_names.astype(str))
         self.seed = as_seed("seed", seed)
         self.config = {
-            "preset": preset, "scaling": scaling, "fec_head": bool(fec), "quirks": quirks, "kl": kl, "precision": precision,
+            "preset": preset, "scaling": scaling, "fec_head": bool(fec), "quirks": quirks, "kl": kl,
+            "precision": precision,
             "hidden": as_int_list("hidden", overrides.get("hidden", ARCHITECTURE["hidden"])),
             "latent_dim": as_int("latent_dim", overrides.get("latent_dim", ARCHITECTURE["latent_dim"]), minimum=1),
             **{k: settings[k] for k in ("fe", "fe_design", "fec", "re", "schedule")},
@@ -258,8 +272,8 @@ class SCMEDAL:
     def train(self, max_epochs: int | None = None, *, which: Sequence[str] = ("fe", "re"),
               early_stopping: bool = True, faithful: bool = False, patience: int | None = None,
               batch_size: int | None = None, learning_rate: float | None = None, seed: int | None = None,
-              progress: bool = True, checkpoint_dir: str | None = None, strategy=None,
-              on_epoch_end=None, jit_compile: bool = False) -> "SCMEDAL":
+              progress: bool | None = None, checkpoint_dir: str | None = None, strategy=None,
+              on_epoch_end=None, jit_compile: bool = False) -> SCMEDAL:
         """Train the networks named in ``which`` (``"fe"``, ``"re"``, ``"ae"``; default FE then RE).
 
         Early stopping watches ``val_loss``, the total validation loss each network really logs, and restores
@@ -272,7 +286,8 @@ class SCMEDAL:
         ``tf.distribute`` strategy (e.g. ``tf.distribute.MirroredStrategy()`` over several GPUs) for
         data-parallel training; each minibatch of ``batch_size`` cells is split across its replicas.
         ``on_epoch_end(kind, epoch, logs)``, if given, runs after every epoch (e.g. to monitor a score);
-        returning True stops that network's training. ``jit_compile=True`` compiles the training steps with
+        returning True stops that network's training. ``progress``: a progress bar per network (None:
+        ``sm.settings.progress``). ``jit_compile=True`` compiles the training steps with
         XLA: 20-30 % faster epochs on CPU after a slower first epoch; repaid after 5-20 epochs
         (benchmarks/results/speed.json; the book's "Performance and scale" page).
         Returns ``self``.
@@ -281,7 +296,7 @@ class SCMEDAL:
             raise InputError("This model was loaded without data; load it with SCMEDAL.load(path, adata) "
                              "to train it.")
         settings = self._settings(max_epochs, batch_size, learning_rate, early_stopping, patience, seed)
-        faithful, progress = as_bool("faithful", faithful), as_bool("progress", progress)
+        faithful, progress = as_bool("faithful", faithful), _progress(progress)
         which = [which] if isinstance(which, str) else list(which)
         for kind in which:
             check_choice("which", kind, NETWORKS)
@@ -346,7 +361,7 @@ class SCMEDAL:
     # ------------------------------------------------------------------ new batches
     def add_batches(self, adata: anndata.AnnData, *, max_epochs: int | None = None, learning_rate: float = 1e-2,
                     batch_size: int = 512, patience: int | None = None, seed: int | None = None,
-                    progress: bool = True) -> "SCMEDAL":
+                    progress: bool | None = None) -> SCMEDAL:
         """Learn the random effects of ``adata``'s batches that the model does not know, from their cells.
 
         Every network whose layers depend on the batches is rebuilt for the known plus the new batches with
@@ -397,7 +412,7 @@ class SCMEDAL:
                 fitter = NewBatchFitter(net, masks, n_known, name=f"new_batches_{kind}")
                 fitter.compile(learning_rate=as_float("learning_rate", learning_rate, minimum=0.0, exclusive=True))
                 histories[kind] = self._fit_new(fitter, kind, adata, max_epochs, batch_size, patience, seed,
-                                                progress)
+                                                _progress(progress))
         except BaseException:
             self.batch_categories = old_categories
             raise
@@ -553,7 +568,7 @@ class SCMEDAL:
 
     def iter_counterfactuals(self, adata: anndata.AnnData, batches: Sequence[str] | None = None, *,
                              mode: str = "auto", scaled: bool = False, chunk_size: int = 4096,
-                             progress: bool = False) -> Iterator[tuple[str, slice, np.ndarray]]:
+                             progress: bool | None = False) -> Iterator[tuple[str, slice, np.ndarray]]:
         """Yield ``(target_batch, cell_slice, values)`` chunks of counterfactual expression.
 
         Memory is bounded by ``chunk_size × genes`` whatever the number of cells × batches. Modes
@@ -568,7 +583,8 @@ class SCMEDAL:
         if mode == "decoder":
             check_obs_key(adata, self.batch_key, role="batch_key", allow_missing=True)
         prepare, decode = self._counterfactual_fns(mode)
-        bar = _maybe_tqdm(progress, total=len(batches) * adata.n_obs, desc="counterfactuals", unit="cell")
+        bar = _maybe_tqdm(_progress(progress), total=len(batches) * adata.n_obs, desc="counterfactuals",
+                          unit="cell")
         start = 0
         for obs, x in self._chunks(adata, chunk_size):
             state = prepare(x, obs)
@@ -655,7 +671,7 @@ class SCMEDAL:
 
     def write_counterfactuals(self, path: str, adata: anndata.AnnData, batches: Sequence[str] | None = None, *,
                               mode: str = "auto", scaled: bool = False, chunk_size: int = 4096,
-                              progress: bool = True) -> str:
+                              progress: bool | None = None) -> str:
         """Stream counterfactuals to an HDF5 file: dataset ``counterfactuals`` (batches × cells × genes) plus
         ``batches``, ``cells`` and ``genes``. Written whole or not at all (temporary name, then renamed)."""
         import h5py
@@ -720,7 +736,7 @@ class SCMEDAL:
 
     @classmethod
     def load(cls, path: str, adata: anndata.AnnData | None = None, *,
-             split_key: str = SPLIT_KEY) -> "SCMEDAL":
+             split_key: str = SPLIT_KEY) -> SCMEDAL:
         """Load a model saved with :meth:`save`. With ``adata``, checks that its genes match the model's and
         restores the train / validation masks from ``obs[split_key]`` (as at set-up), so it can train again.
 
@@ -797,6 +813,13 @@ class SCMEDAL:
         from .tl import latent
 
         return latent(self, adata, kind, key_added=key_added, **kwargs)
+
+
+def _progress(progress) -> bool:
+    """A call's ``progress`` argument: None follows ``sm.settings.progress``."""
+    from ._settings import settings
+
+    return settings.progress if progress is None else as_bool("progress", progress)
 
 
 @contextlib.contextmanager

@@ -45,12 +45,16 @@ class TrainSettings:
 
 
 def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and the Keras backend, and make TensorFlow ops deterministic.
+    """Seed Python, NumPy and the Keras backend, and make TensorFlow ops deterministic unless
+    ``sm.settings.deterministic`` is False.
 
     Same seed, same data, same machine: identical weights, latents and scores.
     """
+    from ._settings import settings
+
     keras.utils.set_random_seed(int(seed))
-    tf.config.experimental.enable_op_determinism()
+    if settings.deterministic:
+        tf.config.experimental.enable_op_determinism()
 
 
 def take_rows(source, index: np.ndarray) -> np.ndarray:
@@ -94,7 +98,7 @@ class Checkpointer:
         weights = {id(w) for w in self.net.weights}
         return [v for v in self.net.variables if id(v) not in weights]
 
-    def save(self, epoch: int, history: list[dict], stopper: "EarlyStopper") -> None:
+    def save(self, epoch: int, history: list[dict], stopper: EarlyStopper) -> None:
         # Files are named by epoch and state.json (written last) names them: a run killed between two writes
         # leaves state.json pointing at the previous epoch's complete pair, never at a mix of two epochs.
         weights, arrays_file = f"weights-{epoch}.weights.h5", f"state-{epoch}.npz"
@@ -113,7 +117,7 @@ class Checkpointer:
             if name.startswith(("weights-", "state-")) and name not in (weights, arrays_file):
                 os.remove(self._path(name))
 
-    def restore(self, stopper: "EarlyStopper") -> tuple[int, list[dict]]:
+    def restore(self, stopper: EarlyStopper) -> tuple[int, list[dict]]:
         """Load the last checkpoint if there is one; returns (epochs done, history so far).
 
         The network must be compiled (its ``compile`` builds the optimisers whose state is restored)."""

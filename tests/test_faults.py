@@ -98,7 +98,7 @@ TRAIN_AND_HANG = """
     adata = anndata.read_h5ad(path, backed="r")      # read-only on disk
     sm.SCMEDAL(adata, "batch", "celltype", **%(arch)r).train(checkpoint_dir=ckpt, **%(train)r)
     print("FINISHED", flush=True)
-""" % {"arch": ARCH, "train": TRAIN}
+""" % {"arch": ARCH, "train": TRAIN}  # noqa: UP031  (a script template; its braces are code)
 
 # Saves a model over an existing one and streams counterfactuals over an existing file, in two threads that
 # block half-way (weights written, setup.json not; 5 chunks written, not all): the parent kills it there.
@@ -311,6 +311,7 @@ def test_input_files_never_modified(files, reference):
 def test_rerun_after_early_stopping_does_not_train_further(tmp_path):
     """A checkpointed run that stopped early is finished: running it again must not add epochs."""
     import keras
+
     from scmedal_lite.networks import AutoEncoder
     from scmedal_lite.training import fit_network, seed_everything
 

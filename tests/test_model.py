@@ -7,11 +7,11 @@ import numpy as np
 import pandas as pd
 import pytest
 from sklearn.decomposition import PCA
+from sklearn.metrics import silhouette_score
 
 import scmedal_lite as sm
 from precision import model_tolerance
 from scmedal_lite.metrics import knn_same_batch_fraction
-from sklearn.metrics import silhouette_score
 
 SMALL = dict(hidden=[64, 32], latent_dim=8)
 

@@ -56,6 +56,26 @@ def test_settings_apply_only_when_set():
         s.configure(verbosity=saved[0], progress=saved[1])
 
 
+def test_training_is_deterministic_by_default_and_can_opt_out():
+    """Importing does not turn op determinism on; seeding a training does, unless the user opted out."""
+    code = """
+import json
+import scmedal_lite as sm
+from tensorflow.python.framework import config
+from scmedal_lite.training import seed_everything
+seen = [config.is_op_determinism_enabled()]
+seed_everything(0)
+seen.append(config.is_op_determinism_enabled())
+sm.settings.deterministic = False
+seed_everything(0)
+seen.append(config.is_op_determinism_enabled())
+print(json.dumps(seen))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == [False, True, False]
+
+
 def test_versions_name_the_main_dependencies():
     v = sm.versions()
     assert v["scmedal_lite"] == sm.__version__

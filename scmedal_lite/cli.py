@@ -1,4 +1,5 @@
-"""``scmedal-lite run``: all tutorial notebooks on a user's ``.h5ad``, with tables, an AnnData and a report.
+"""``scmedal-lite run``: all tutorial notebooks on a user's ``.h5ad``, with tables, an AnnData and a report
+(and ``scmedal-lite apply``, a saved model on new cells: :mod:`scmedal_lite.apply`).
 
 Usage::
 
@@ -111,6 +112,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--notebooks-dir", default=None, help=argparse.SUPPRESS)
     run.add_argument("--timeout", type=int, default=None,
                      help="seconds allowed per notebook cell (default: no limit)")
+    from .apply import add_parser
+
+    add_parser(sub)
     return parser
 
 
@@ -447,6 +451,11 @@ def main(argv=None) -> int:
         _labels_key(parser, args)
         _configure(args)
         return run(args)
+    if args.command == "apply":
+        from .apply import main as apply_main
+
+        _configure(args)
+        return apply_main(args)
     return EXIT_BAD_INPUT                                 # pragma: no cover - argparse requires a command
 
 

@@ -55,7 +55,7 @@ from .validate import InputError, as_int, as_mask, check_choice, check_obs_key
 log = logging.getLogger(__name__)
 
 __all__ = ["mec", "mixed_effects_classification", "batch_folds", "split_batch_fold", "cross_validate_mec",
-           "summarize_mec", "CHANCE", "METRICS", "SCHEMES"]
+           "summarize_mec", "CHANCE", "ESTIMATED", "METRICS", "SCHEMES"]
 
 #: Name of the feature set whose rows hold the stratified-dummy chance level.
 CHANCE = "chance"
@@ -65,6 +65,9 @@ METRICS = ("accuracy", "balanced_accuracy")
 SCHEMES = ("cells", "batches")
 #: The RE latent is appended to each fixed-effects latent under this suffix.
 RE_SUFFIX = " + RE"
+#: Feature set of :func:`cross_validate_mec` with ``estimate_new_batches``: FE next to the RE latent computed
+#: with the held-out batches' own, estimated random effects.
+ESTIMATED = "scMEDAL-FE + RE (estimated)"
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -335,8 +338,8 @@ def cross_validate_mec(adata: AnnData, *, batch_key: str, labels_key: str | None
                        scheme: str = "cells", n_folds: int = 5, folds: Sequence[int] | None = None,
                        seed: int = 42, train_kwargs: dict | None = None, model_kwargs: dict | None = None,
                        baselines: Sequence[str] = ("pca",), baseline_options: dict | None = None,
-                       unseen: str = "mean", mec_seed: int = 42, n_jobs: int = 1,
-                       progress: bool | None = None) -> pd.DataFrame:
+                       unseen: str = "mean", estimate_new_batches: bool | dict = False, mec_seed: int = 42,
+                       n_jobs: int = 1, progress: bool | None = None) -> pd.DataFrame:
     """MEC over folds: per fold, a new split, a new scMEDAL, its FE and RE latents and baselines, then MEC.
 
     Parameters
@@ -365,6 +368,11 @@ def cross_validate_mec(adata: AnnData, *, batch_key: str, labels_key: str | None
         :func:`~scmedal_lite.baselines.run_baselines`).
     unseen, mec_seed, n_jobs
         The RE unseen-batch rule; ``random_state`` of the forest and chance (42, paper); forest workers.
+    estimate_new_batches
+        ``"batches"`` scheme only: also estimate the held-out (validation and test) batches' own random effects
+        from their cells, without their labels or conditions (:meth:`SCMEDAL.add_batches`; a dict is passed to
+        it, e.g. ``{"max_epochs": 20}``), and add the feature set :data:`ESTIMATED` (FE next to that RE latent;
+        the training cells' RE latents are unchanged). The ``unseen`` rule's rows stay for reference.
     progress
         A progress bar over the folds (stderr); None: :data:`scmedal_lite.settings` ``.progress``.
 
@@ -372,7 +380,7 @@ def cross_validate_mec(adata: AnnData, *, batch_key: str, labels_key: str | None
     -------
     pandas.DataFrame
         Tidy: ``fold, scheme, features, split, metric, value``; feature sets ``scMEDAL-FE``, each baseline
-        (``PCA``, ``Harmony``, ...), each with ``+ RE``, and ``chance``.
+        (``PCA``, ``Harmony``, ...), each with ``+ RE``, and ``chance`` (and :data:`ESTIMATED`).
     """
     from . import baselines as _baselines
     from .model import SCMEDAL, UnseenBatchWarning
@@ -421,11 +429,27 @@ def cross_validate_mec(adata: AnnData, *, batch_key: str, labels_key: str | None
             latents.update({_baselines.DISPLAY_NAMES.get(m, m): e for m, e in emb.items()})
         table = mixed_effects_classification(model, a, condition_key=condition_key, fe_latents=latents,
                                              re_latent=re, seed=mec_seed, n_jobs=n_jobs)
+        if estimate_new_batches and scheme == "batches":
+            table = pd.concat([table, _estimated_rows(model, a, fe, condition_key, estimate_new_batches, seed,
+                                                      mec_seed, n_jobs)], ignore_index=True)
         table.insert(0, "scheme", scheme)
         table.insert(0, "fold", k)
         tables.append(table)
         log.info("MEC %s fold %d done", scheme, k)
     return pd.concat(tables, ignore_index=True)
+
+
+def _estimated_rows(model, a, fe, condition_key, options, seed, mec_seed, n_jobs) -> pd.DataFrame:
+    """MEC rows of :data:`ESTIMATED`: the held-out batches' effects estimated by ``add_batches`` on their cells."""
+    batches = a.obs[model.batch_key].astype(str)
+    new = ~batches.isin(model.batch_categories).to_numpy()
+    options = {"seed": seed, "progress": False, **(options if isinstance(options, dict) else {})}
+    model.add_batches(a[new].copy(), **options)
+    re = model.get_latent("re", a)
+    masks = split_masks(a, require=("train", "test"))
+    table = mec([(ESTIMATED, np.concatenate([fe, re], axis=1))], a.obs[condition_key].to_numpy(), masks["train"],
+                masks["test"], seed=mec_seed, n_jobs=n_jobs)
+    return table[table["features"] == ESTIMATED]
 
 
 def summarize_mec(table: pd.DataFrame, *, confidence: float = 0.95) -> pd.DataFrame:

@@ -199,6 +199,14 @@ def test_cross_validate_mec_end_to_end(tiny, scheme):
     assert (summary["n"] == 2).all() and len(summary) == 10
 
 
+def test_cross_validate_mec_with_estimated_new_batches(tiny):
+    table = classify.cross_validate_mec(tiny, scheme="batches", estimate_new_batches={"max_epochs": 3},
+                                        **{**CV, "folds": [0]})
+    assert set(table["features"]) == {"scMEDAL-FE", "scMEDAL-FE + RE", "PCA", "PCA + RE", "chance",
+                                      classify.ESTIMATED}
+    assert len(table) == 6 * 2 and table["value"].between(0, 1).all()
+
+
 def test_cross_validate_mec_checks_before_training(tiny):
     with pytest.raises(InputError, match="n_folds"):
         classify.cross_validate_mec(tiny, **{**CV, "n_folds": 2, "folds": None})

@@ -56,7 +56,7 @@ from .validate import InputError
 
 log = logging.getLogger(__name__)
 
-#: Cells per batch the counts normalisation scales to (``sm.pp.prepare``'s default ``target_sum``).
+#: Counts per cell after normalisation (``sm.pp.prepare``'s default ``target_sum``).
 TARGET_SUM = 1e4
 #: The batch scores written to ``scores.csv`` (and the cell-type scores with ``--labels-key``).
 BATCH_SCORES = ("asw", "batch_asw_scib", "knn_inv_simpson", "knn_batch_fraction", "knn_batch_fraction_expected")
@@ -87,6 +87,17 @@ def add_parser(sub) -> None:
 
 
 # ------------------------------------------------------------------------------------------ checks
+
+def model_folder(model_dir: str) -> str:
+    """``model_dir`` itself when it holds ``setup.json``; else its one sub-folder that does (``model/`` of a
+    ``scmedal-lite run`` output holds the shared model as ``scmedal-<fingerprint>/``)."""
+    if os.path.isdir(model_dir) and not os.path.exists(os.path.join(model_dir, "setup.json")):
+        found = sorted(e.path for e in os.scandir(model_dir)
+                       if e.is_dir() and os.path.exists(os.path.join(e.path, "setup.json")))
+        if len(found) == 1:
+            return found[0]
+    return model_dir
+
 
 def read_setup(model_dir: str) -> dict:
     """The saved model's ``setup.json`` (genes, batches, keys), read without TensorFlow."""
@@ -138,7 +149,7 @@ def check_inputs(args) -> dict:
     """Everything that can be checked before TensorFlow starts; raises :class:`InputError`."""
     from .validate import as_int, check_obs_key, read_h5ad
 
-    data, model_dir = os.path.abspath(args.data), os.path.abspath(args.model)
+    data, model_dir = os.path.abspath(args.data), model_folder(os.path.abspath(args.model))
     if args.max_epochs is not None:
         as_int("--max-epochs", args.max_epochs, minimum=1)
     as_int("--seed", args.seed, minimum=0)

@@ -73,7 +73,9 @@ def test_only_known_batches_is_not_an_error(saved, tmp_path):
     known = new[new.obs["donor"] == "batch0"].copy()
     known.write_h5ad(tmp_path / "known.h5ad")
     out = tmp_path / "out"
-    argv = ["apply", str(root / "model"), str(tmp_path / "known.h5ad"), "--batch-key", "donor", "--out", str(out),
+    run_like = tmp_path / "run" / "model"             # `scmedal-lite run` keeps it as model/scmedal-<fingerprint>
+    model.save(run_like / "scmedal-0123456789abcdef")
+    argv = ["apply", str(run_like), str(tmp_path / "known.h5ad"), "--batch-key", "donor", "--out", str(out),
             "--quiet"]
     assert cli.main(argv) == 0
     info = json.loads((out / "apply.json").read_text())

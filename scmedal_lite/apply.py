@@ -130,23 +130,9 @@ def _check_genes(genes: pd.Index, model_genes: list, data: str) -> None:
                          "and write the file again.")
 
 
-def _check_out(args, data: str, model_dir: str) -> str:
-    out = os.path.abspath(args.out)
-    if os.path.exists(out):
-        if not os.path.isdir(out):
-            raise InputError(f"--out {args.out!r} exists and is not a folder; choose another path.")
-        if os.listdir(out) and not args.overwrite:
-            raise InputError(f"--out {args.out!r} is not empty; pass --overwrite to replace it, or choose "
-                             "another folder.")
-    for what, path in (("input file", data), ("MODEL_DIR", model_dir)):
-        if os.path.commonpath([path, out]) == out:
-            raise InputError(f"The {what} {path!r} is inside --out {args.out!r}; choose an output folder that "
-                             "does not contain it.")
-    return out
-
-
 def check_inputs(args) -> dict:
     """Everything that can be checked before TensorFlow starts; raises :class:`InputError`."""
+    from .cli import check_out
     from .validate import as_int, check_obs_key, read_h5ad
 
     data, model_dir = os.path.abspath(args.data), model_folder(os.path.abspath(args.model))
@@ -154,7 +140,7 @@ def check_inputs(args) -> dict:
         as_int("--max-epochs", args.max_epochs, minimum=1)
     as_int("--seed", args.seed, minimum=0)
     setup = read_setup(model_dir)
-    out = _check_out(args, data, model_dir)
+    out = check_out(args, {"input file": (data, args.data), "MODEL_DIR": (model_dir, args.model)})
     adata = read_h5ad(data, backed="r")
     try:
         check_obs_key(adata, args.batch_key, role="--batch-key")

@@ -123,19 +123,10 @@ def check_inputs(args) -> dict:
     from .validate import as_int, check_batches, check_obs_key, read_h5ad
 
     data = os.path.abspath(args.data)
-    out = os.path.abspath(args.out)
     if args.max_epochs is not None:
         as_int("--max-epochs", args.max_epochs, minimum=1)
     as_int("--seed", args.seed, minimum=0)
-    if os.path.exists(out):
-        if not os.path.isdir(out):
-            raise InputError(f"--out {args.out!r} exists and is not a folder; choose another path.")
-        if os.listdir(out) and not args.overwrite:
-            raise InputError(f"--out {args.out!r} is not empty; pass --overwrite to replace it, or choose "
-                             "another folder.")
-    if os.path.commonpath([data, out]) == out:
-        raise InputError(f"The input file {args.data!r} is inside --out {args.out!r}; choose an output "
-                         "folder that does not contain it.")
+    out = check_out(args, {"input file": (data, args.data)})
     adata = read_h5ad(data, backed="r")
     try:
         check_obs_key(adata, args.labels_key, role="--labels-key")
@@ -160,6 +151,23 @@ def check_inputs(args) -> dict:
     nb_dir = Path(args.notebooks_dir) if args.notebooks_dir else notebooks_dir()
     _check_installed(names)
     return {"data": data, "out": out, "n_obs": n_obs, "n_vars": n_vars, "notebooks": names, "nb_dir": nb_dir}
+
+
+def check_out(args, inputs: dict) -> str:
+    """``--out`` as an absolute path, checked: absent, an empty folder, or a folder to replace with
+    ``--overwrite``; none of ``inputs`` (``{what: (absolute path, as given)}``) inside it."""
+    out = os.path.abspath(args.out)
+    if os.path.exists(out):
+        if not os.path.isdir(out):
+            raise InputError(f"--out {args.out!r} exists and is not a folder; choose another path.")
+        if os.listdir(out) and not args.overwrite:
+            raise InputError(f"--out {args.out!r} is not empty; pass --overwrite to replace it, or choose "
+                             "another folder.")
+    for what, (path, given) in inputs.items():
+        if os.path.commonpath([path, out]) == out:
+            raise InputError(f"The {what} {given!r} is inside --out {args.out!r}; choose an output folder that "
+                             "does not contain it.")
+    return out
 
 
 def _check_installed(names) -> None:

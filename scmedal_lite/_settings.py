@@ -77,6 +77,13 @@ class Settings:
     def progress(self, value) -> None:
         self._progress = _as_bool("progress", value)
 
+    def resolve_progress(self, progress) -> bool:
+        """A call's ``progress`` argument: None follows :attr:`progress`; else parsed like every parameter
+        (``True``, ``"no"``, ...; :func:`scmedal_lite.validate.as_bool`)."""
+        from .validate import as_bool
+
+        return self._progress if progress is None else as_bool("progress", progress)
+
     # ------------------------------------------------------------------ determinism
     @property
     def deterministic(self) -> bool:

@@ -56,8 +56,6 @@ from .validate import InputError
 
 log = logging.getLogger(__name__)
 
-#: Counts per cell after normalisation (``sm.pp.prepare``'s default ``target_sum``).
-TARGET_SUM = 1e4
 #: The batch scores written to ``scores.csv`` (and the cell-type scores with ``--labels-key``).
 BATCH_SCORES = ("asw", "batch_asw_scib", "knn_inv_simpson", "knn_batch_fraction", "knn_batch_fraction_expected")
 LABEL_SCORES = ("celltype_asw_scib", "nmi", "ari")
@@ -184,6 +182,7 @@ def prepared(adata, batch_key: str, model_batch_key: str, layer: str | None):
     import anndata
     import scanpy as sc
 
+    from .pp import TARGET_SUM
     from .validate import looks_like_counts
 
     matrix = adata.layers[layer] if layer is not None else adata.X

@@ -406,7 +406,7 @@ def cross_validate_mec(adata: AnnData, *, batch_key: str, labels_key: str | None
     groups = batch_folds(adata, batch_key, n_folds, condition_key, seed) if scheme == "batches" else None
 
     iterator = folds
-    if settings.progress if progress is None else progress:
+    if settings.resolve_progress(progress):
         from tqdm.auto import tqdm
         iterator = tqdm(folds, desc=f"MEC ({scheme})", unit="fold")
     tables = []

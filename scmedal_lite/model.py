@@ -816,10 +816,9 @@ class SCMEDAL:
 
 
 def _progress(progress) -> bool:
-    """A call's ``progress`` argument: None follows ``sm.settings.progress``."""
     from ._settings import settings
 
-    return settings.progress if progress is None else as_bool("progress", progress)
+    return settings.resolve_progress(progress)
 
 
 @contextlib.contextmanager

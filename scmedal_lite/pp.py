@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 SPLIT_KEY = "split"
 #: The values of the split column.
 SPLITS = ("train", "val", "test")
+#: Counts per cell after ``normalize_total`` (:func:`prepare`'s default; ``scmedal-lite apply`` uses it too).
+TARGET_SUM = 1e4
 #: Share of the cells :func:`split_masks` holds out for validation when there is no split column.
 HOLDOUT_FRACTION = 0.1
 _WHY = {"val": "; early stopping needs validation cells.",
@@ -40,7 +42,7 @@ _WHY = {"val": "; early stopping needs validation cells.",
 
 
 def prepare(adata: AnnData, *, batch_key: str | None = None, n_top_genes: int = 2000, min_genes: int = 10,
-            min_cells: int = 3, target_sum: float = 1e4, counts_layer: str = "counts") -> AnnData:
+            min_cells: int = 3, target_sum: float = TARGET_SUM, counts_layer: str = "counts") -> AnnData:
     """The paper's preprocessing, in place: QC filters, ``normalize_total``, ``log1p``, and HVG selection.
 
     Steps (method.md §2.2): ``filter_cells(min_genes)``, ``filter_genes(min_cells)``, raw counts copied to

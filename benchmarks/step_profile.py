@@ -54,12 +54,13 @@ def patched(cls, name, func):
 def ablation(variant):
     if variant == "re_posterior_means":
         call = L.RandomEffects.call
-        return patched(L.RandomEffects, "call", lambda self, z, training=False: call(self, z, training=False))
+        return patched(L.RandomEffects, "call",
+                       lambda self, z, training=False, **_: call(self, z, training=False))
     if variant == "re_batchnorm_only":
         return patched(L.ClusterScaleBias, "call",
-                       lambda self, inputs, training=False: self.norm(inputs[0], training=training))
+                       lambda self, inputs, training=False, **_: self.norm(inputs[0], training=training))
     if variant == "re_dense_only":
-        return patched(L.ClusterScaleBias, "call", lambda self, inputs, training=False: inputs[0])
+        return patched(L.ClusterScaleBias, "call", lambda self, inputs, training=False, **_: inputs[0])
     return contextlib.nullcontext()
 
 

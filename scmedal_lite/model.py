@@ -37,7 +37,7 @@ from .networks import NETWORKS, build_network
 from .pp import SPLIT_KEY, invert_minmax, split_masks
 from .presets import ARCHITECTURE, get_preset
 from .rows import OneHotRows, ScaledRows, stream_minmax
-from .training import TrainSettings, fit_network, seed_everything
+from .training import TrainSettings, fit_network, seed_everything, traced_once
 from .validate import (
     InputError,
     as_bool,
@@ -67,6 +67,10 @@ CF_MODES = ("auto", "fe", "full", "decoder")
 SETUP_FILE = "setup.json"
 #: Optimisation steps :meth:`SCMEDAL.add_batches` allows by default (few parameters, a high learning rate).
 NEW_BATCH_STEPS = 500
+#: Patience of that fit in optimisation steps (at least 10 epochs). Its validation loss bottoms out within about
+#: 100-250 steps on the COVID data (chapter 2: FE at step 102, RE at 222 of 500), so 100 more steps without a
+#: better loss ends it; the best weights are restored, so a longer patience gives the same result, later.
+NEW_BATCH_PATIENCE_STEPS = 100
 #: Format of ``setup.json`` this version writes. Format 1 (scmedal_lite 0.1.0 before the redesign) named the
 #: fitted min-max values ``scaling``; format 2 names them ``minmax``. Both are read.
 FORMAT_VERSION = 2
@@ -281,7 +285,9 @@ class SCMEDAL:
         optimisation steps, whichever is longer (small data sets have few steps per epoch). ``faithful=True``
         reproduces the authors' code instead: FE and RE train all ``max_epochs`` and keep the final weights
         (their early stopping watched a metric that did not exist).
-        ``max_epochs=None`` takes the preset's budget (see :meth:`epochs_for`). With ``checkpoint_dir`` the
+        ``max_epochs=None`` takes the preset's budget (see :meth:`epochs_for`); the plain AE, a baseline for
+        FE, then trains at most as many epochs as this model's FE ran (the same optimisation steps: a fair
+        comparison at no extra cost; before issue 13 it took the whole budget). With ``checkpoint_dir`` the
         state is saved after every epoch and an interrupted call resumes from it. ``strategy``: a
         ``tf.distribute`` strategy (e.g. ``tf.distribute.MirroredStrategy()`` over several GPUs) for
         data-parallel training; each minibatch of ``batch_size`` cells is split across its replicas.
@@ -303,7 +309,10 @@ class SCMEDAL:
         jit_compile = as_bool("jit_compile", jit_compile)
         for kind in which:
             stops = settings.early_stopping and not (faithful and kind in ("fe", "re"))
-            self._train_one(kind, replace(settings, early_stopping=stops), progress=progress,
+            budget = settings.max_epochs
+            if kind == "ae" and max_epochs is None and "fe" in self.trained:
+                budget = min(budget, self.trained["fe"]["epochs_run"])     # the comparison's fair budget
+            self._train_one(kind, replace(settings, early_stopping=stops, max_epochs=budget), progress=progress,
                             checkpoint_dir=checkpoint_dir, strategy=strategy, on_epoch_end=on_epoch_end,
                             jit_compile=jit_compile)
         return self
@@ -369,7 +378,9 @@ class SCMEDAL:
         every random-effect layer, and the RE batch head's new outputs) are fitted on the new cells with the
         training loss (reconstruction, batch head, KL; :mod:`scmedal_lite.new_batches`). Shared weights,
         BatchNorm statistics and the known batches' effects stay bit-identical. No labels are needed. A seeded
-        10 % of each new batch's cells is held out for early stopping (all cells when a batch has fewer than 50).
+        10 % of each new batch's cells is held out for early stopping (all cells when a batch has fewer than 50):
+        the fit runs at most :data:`NEW_BATCH_STEPS` steps (or ``max_epochs``) and stops after ``patience`` epochs
+        without a better validation loss (default: :data:`NEW_BATCH_PATIENCE_STEPS` steps, at least 10 epochs).
         Afterwards the new batches are known: :meth:`get_latent` uses their effects (no
         :class:`UnseenBatchWarning`), they are valid counterfactual targets, and :meth:`save` keeps them.
 
@@ -442,8 +453,7 @@ class SCMEDAL:
         steps = max(1, math.ceil(n_train / batch_size))
         epochs = (as_int("max_epochs", max_epochs, minimum=1) if max_epochs is not None else
                   max(10, math.ceil(NEW_BATCH_STEPS / steps)))
-        sched = self.config["schedule"]
-        patience = patience or max(sched.get("patience", 10), math.ceil(sched.get("patience_steps", 0) / steps))
+        patience = patience or max(10, math.ceil(NEW_BATCH_PATIENCE_STEPS / steps))
         start = time.perf_counter()
         history, best = fit_network(fitter, sources["train"], sources["val"], epochs=epochs, batch_size=batch_size,
                                     seed=seed, patience=patience, progress=progress,
@@ -519,11 +529,11 @@ class SCMEDAL:
         return kind == "fe" and "fe" in self.networks and getattr(self.networks["fe"], "has_random_effects", False)
 
     def _compiled(self, name, fn):
-        """Cache of compiled (graph-mode) inference functions, traced once per input signature."""
+        """Cache of compiled (graph-mode) inference functions, each traced once for any number of cells."""
         cache = self.__dict__.setdefault("_fn_cache", {})
         key = (name, id(self.networks.get(name.split(":")[0])))
         if key not in cache:
-            cache[key] = tf.function(fn, reduce_retracing=True)
+            cache[key] = traced_once(fn, autograph=False)
         return cache[key]
 
     def _resolve_mode(self, mode: str) -> str:

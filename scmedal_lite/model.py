@@ -533,7 +533,7 @@ class SCMEDAL:
         cache = self.__dict__.setdefault("_fn_cache", {})
         key = (name, id(self.networks.get(name.split(":")[0])))
         if key not in cache:
-            cache[key] = traced_once(fn, autograph=False)
+            cache[key] = traced_once(fn)
         return cache[key]
 
     def _resolve_mode(self, mode: str) -> str:

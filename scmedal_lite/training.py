@@ -172,15 +172,15 @@ class EarlyStopper:
                 w.assign(value)
 
 
-def traced_once(fn, jit_compile: bool = False, autograph: bool = True):
+def traced_once(fn, jit_compile: bool = False):
     """``fn`` as a ``tf.function`` traced once for any number of rows.
 
     The first call fixes the input signature with the row axis of every argument left open, so the smaller
     last minibatch of an epoch, the validation chunks and the last inference chunk reuse the same graph instead
     of tracing another one (a trace costs about a second on a 2-core machine, and every model, fold and
-    ``add_batches`` call starts new ones). ``autograph=False`` for functions without tensor-dependent Python
-    control flow (the networks' train, test and inference steps): nothing to convert, no source to re-read,
-    the same graph, and about a fifth less tracing time.
+    ``add_batches`` call starts new ones). Traced without autograph: ``fn`` must have no tensor-dependent
+    Python control flow (the networks' train, test and inference steps have none), so there is nothing to
+    convert, no source to re-read, the same graph, and about a fifth less tracing time.
 
     >>> square = traced_once(lambda x: x * x)
     >>> [square(np.ones((n, 3), "float32")).shape[0] for n in (4, 2)]
@@ -193,7 +193,7 @@ def traced_once(fn, jit_compile: bool = False, autograph: bool = True):
         if compiled is None:
             spec = tf.nest.map_structure(
                 lambda a: tf.TensorSpec((None, *a.shape[1:]), tf.as_dtype(a.dtype)), list(args))
-            compiled = tf.function(fn, input_signature=spec, jit_compile=jit_compile, autograph=autograph)
+            compiled = tf.function(fn, input_signature=spec, jit_compile=jit_compile, autograph=False)
         return compiled(*args)
     return call
 
@@ -201,8 +201,7 @@ def traced_once(fn, jit_compile: bool = False, autograph: bool = True):
 def _steps(net, strategy, jit_compile):
     """Compiled train and test steps; with a ``tf.distribute`` strategy each minibatch is split over replicas."""
     if strategy is None:
-        return (traced_once(net.train_step, jit_compile, autograph=False),
-                traced_once(net.test_step, jit_compile, autograph=False))
+        return traced_once(net.train_step, jit_compile), traced_once(net.test_step, jit_compile)
     n = strategy.num_replicas_in_sync
 
     def distributed(step):

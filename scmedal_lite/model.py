@@ -280,8 +280,9 @@ class SCMEDAL:
               on_epoch_end=None, jit_compile: bool = False) -> SCMEDAL:
         """Train the networks named in ``which`` (``"fe"``, ``"re"``, ``"ae"``; default FE then RE).
 
-        Early stopping watches ``val_loss``, the total validation loss each network really logs, and restores
-        the best weights. Its default patience is the preset's ``patience`` epochs or ``patience_steps``
+        Early stopping watches a validation loss each network really logs (``net.monitor``: ``val_loss``, the
+        total, except the default FE's ``val_recon_loss``; ``fe_design["stop_on"]``), and restores the best
+        weights. Its default patience is the preset's ``patience`` epochs or ``patience_steps``
         optimisation steps, whichever is longer (small data sets have few steps per epoch). ``faithful=True``
         reproduces the authors' code instead: FE and RE train all ``max_epochs`` and keep the final weights
         (their early stopping watched a metric that did not exist).
@@ -353,6 +354,7 @@ class SCMEDAL:
                                         seed=settings.seed, early_stopping=settings.early_stopping,
                                         patience=settings.patience, progress=progress, label=kind.upper(),
                                         checkpoint_dir=folder, strategy=strategy, jit_compile=jit_compile,
+                                        monitor=net.monitor,
                                         on_epoch_end=None if on_epoch_end is None else
                                         (lambda epoch, logs: on_epoch_end(kind, epoch, logs)))
         except BaseException:

@@ -55,6 +55,34 @@ def _confusion(p):
     return -ops.mean(ops.mean(ops.log(ops.clip(_f32(p), 1e-7, 1.0)), axis=-1))
 
 
+def _soft_same_batch_fraction(latent, z, k: int = 15):
+    """Soft, differentiable kNN same-batch fraction of a minibatch's latent, averaged over its cells.
+
+    Each cell weighs the other cells of the minibatch by ``softmax(-d² / d²_k)``, where ``d²_k`` is its squared
+    distance to its ``k``-th nearest neighbour (held constant for the gradient), and sums the weights of those
+    from its own batch (``z``: one-hot rows). It is the smooth counterpart of
+    :func:`scmedal_lite.metrics.knn_same_batch_fraction`: about ``sum_b p_b²`` when the batches are mixed
+    locally, 1 when each cell's neighbours all share its batch. Minimising it moves each cell's nearest
+    neighbours towards other batches, which an adversary that must name a cell's batch from its latent alone
+    does not see (it can be near chance while neighbourhoods stay batch-specific).
+
+    >>> import numpy as np
+    >>> lat = np.array([[0.0], [0.1], [5.0], [5.1]], "float32")
+    >>> same, apart = np.eye(2, dtype="float32")[[0, 0, 1, 1]], np.eye(2, dtype="float32")[[0, 1, 0, 1]]
+    >>> [round(float(_soft_same_batch_fraction(lat, z, k=1)), 2) for z in (same, apart)]
+    [1.0, 0.0]
+    """
+    latent, z = _f32(latent), _f32(z)
+    n = ops.shape(latent)[0]
+    sq = ops.sum(ops.square(latent), axis=1, keepdims=True)
+    d2 = ops.maximum(sq + ops.transpose(sq) - 2.0 * ops.matmul(latent, ops.transpose(latent)), 0.0)
+    d2 = d2 + ops.eye(n, dtype="float32") * 1e9                      # a cell is not its own neighbour
+    k_eff = tf.maximum(1, tf.minimum(k, n - 1))                      # small last minibatches
+    kth = ops.stop_gradient(-tf.math.top_k(-d2, k=k_eff).values[:, -1:])
+    weights = tf.nn.softmax(-d2 / ops.maximum(kth, 1e-6), axis=1)
+    return ops.mean(ops.sum(weights * ops.matmul(z, ops.transpose(z)), axis=1))
+
+
 def _accuracy(y, p):
     return ops.mean(ops.cast(ops.argmax(y, -1) == ops.argmax(p, -1), "float32"))
 
@@ -161,6 +189,8 @@ class _TrackedModel(keras.Model):
     #: Multiplies the loss before differentiation; data-parallel training sets it to 1/replicas because
     #: replica gradients are summed.
     grad_scale: float = 1.0
+    #: The validation log early stopping watches (:func:`scmedal_lite.training.fit_network`).
+    monitor: str = "val_loss"
 
     def _init_trackers(self):
         self.trackers = {n: keras.metrics.Mean(name=n) for n in self.loss_names}
@@ -279,6 +309,14 @@ class FixedEffectsAE(AutoEncoder):
       negative) and also minimised by a latent that separates batches under permuted labels;
       ``"confusion"``, ``G = CE(uniform, adv)``, minimal only when the adversary cannot tell batches apart.
     - ``adversary_steps``: adversary updates per autoencoder update [1].
+    - ``stop_on``: what early stopping watches on the validation cells (:attr:`monitor`): ``"loss"`` [paper],
+      the total, or ``"recon_loss"``. The total's adversarial part scores the latent against the adversary of
+      the moment, which is weak early on, so the total can favour an epoch before the batches were mixed.
+
+    ``w_mix`` (0 in the paper) adds ``w_mix·S`` to the autoencoder's training loss, where ``S`` is the soft kNN
+    same-batch fraction of the minibatch's latents (:func:`_soft_same_batch_fraction`, ``mix_neighbours``
+    neighbours): the adversary removes what names a cell's batch, this term what keeps its neighbours in its
+    batch. Logged as ``mix_loss`` (training only, 0 on validation cells, like ``kl``).
 
     Inputs are ``(x, z)`` or ``(x, z, y)``. Logged: ``loss`` (total), ``recon_loss``, ``adv_loss`` (the adversary's
     cross-entropy), ``adv_acc``, with the random-effects decoder ``kl``, and with a head ``class_loss`` and
@@ -292,15 +330,21 @@ class FixedEffectsAE(AutoEncoder):
 
     def __init__(self, n_genes, n_batches, hidden=(512, 132), latent_dim=50, n_labels=None, w_recon=1000.0,
                  w_gen=1.0, w_class=1.0, adversary_hidden=None, *, decoder="tied", adversary_input="all",
-                 generator_loss="negative_ce", adversary_steps=1, seed=None, re_kwargs=None, **kwargs):
+                 generator_loss="negative_ce", adversary_steps=1, stop_on="loss", w_mix=0.0, mix_neighbours=5,
+                 seed=None, re_kwargs=None, **kwargs):
         super().__init__(n_genes, hidden, latent_dim, n_labels=n_labels, w_recon=w_recon, w_class=w_class,
                          **kwargs)
         check_choice("decoder", decoder, self.DECODERS)
         check_choice("adversary_input", adversary_input, self.ADVERSARY_INPUTS)
         check_choice("generator_loss", generator_loss, self.GENERATOR_LOSSES)
+        check_choice("stop_on", stop_on, ("loss", "recon_loss"))
+        self.monitor = f"val_{stop_on}"
         self.n_batches, self.w_gen = n_batches, w_gen
         self.decoder_kind, self.adversary_input, self.generator_loss = decoder, adversary_input, generator_loss
         self.adversary_steps = int(adversary_steps)
+        self.w_mix, self.mix_neighbours = float(w_mix), int(mix_neighbours)
+        if self.w_mix > 0:
+            self.loss_names = self.loss_names + ("mix_loss",)
         if decoder == "random_effects":
             self.decoder = RandomEffectsTiedDecoder(self.encoder, n_genes, n_batches, seed=seed,
                                                     re_kwargs=re_kwargs, name="decoder")
@@ -378,6 +422,10 @@ class FixedEffectsAE(AutoEncoder):
         if self.has_random_effects:
             out["kl"] = _mean_of(list(self.decoder.losses)) if training else ops.zeros((), "float32")
             total = total + out["kl"]
+        if self.w_mix > 0:
+            out["mix_loss"] = (_soft_same_batch_fraction(acts[-1], z, self.mix_neighbours) if training
+                               else ops.zeros((), "float32"))
+            total = total + self.w_mix * out["mix_loss"]
         if self.classifier is not None:
             y_pred = self.classifier(acts[-1], training=training)
             out["class_loss"] = _cce(inputs[2], y_pred)

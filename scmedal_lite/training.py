@@ -249,7 +249,8 @@ def _progress_bar(enabled, epochs, start, label):
 def fit_network(net: keras.Model, train: Sequence, val: Sequence, *, epochs: int, batch_size: int = 512,
                 seed: int = 0, early_stopping: bool = True, patience: int = 30, progress: bool = True,
                 label: str = "", checkpoint_dir: str | None = None, jit_compile: bool = False,
-                eval_batch_size: int = 2048, strategy=None, on_epoch_end=None) -> tuple[pd.DataFrame, int]:
+                eval_batch_size: int = 2048, strategy=None, on_epoch_end=None,
+                monitor: str = "val_loss") -> tuple[pd.DataFrame, int]:
     """Train a compiled scmedal_lite network; returns (per-epoch history, best epoch).
 
     With ``strategy`` (a ``tf.distribute`` strategy whose scope built and compiled ``net``), every minibatch
@@ -259,12 +260,13 @@ def fit_network(net: keras.Model, train: Sequence, val: Sequence, *, epochs: int
     ``shape`` and ``__getitem__(index_array)``) in the order the network's ``train_step`` expects.
     ``on_epoch_end(epoch, logs)`` is called after each epoch; returning True stops training.
     Epoch ``e`` shuffles with ``np.random.default_rng([seed, e])``. With ``early_stopping`` the best weights
-    by ``val_loss`` are restored at the end; otherwise the final weights are kept. Validation runs in chunks
+    by ``monitor`` (a validation log, e.g. ``val_recon_loss``) are restored at the end; otherwise the final
+    weights are kept. Validation runs in chunks
     of ``eval_batch_size`` cells: with training minibatches, these chunks (not the number of cells) set the
     working memory (8,192-cell chunks took about 300 MB more than 2,048-cell ones; benchmarks/scaling.py).
     """
     steps = _steps(net, strategy, jit_compile)
-    stopper = EarlyStopper(patience, enabled=early_stopping)
+    stopper = EarlyStopper(patience, monitor, enabled=early_stopping)
     ckpt = Checkpointer(checkpoint_dir, net) if checkpoint_dir else None
     start, history = ckpt.restore(stopper) if ckpt else (0, [])
     if stopper.enabled and stopper.wait >= stopper.patience:     # the checkpointed run had stopped early

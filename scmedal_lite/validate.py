@@ -369,13 +369,14 @@ def parse_settings(part: str, values, defaults: dict) -> dict:
 
 
 def parse_fe_design(values) -> dict:
-    """Check user overrides of the FE network's design (``decoder``, ``adversary_input``, ``generator_loss``:
-    one of their choices; ``adversary_steps``: an integer >= 1). Values may be strings."""
+    """Check user overrides of the FE network's design (``decoder``, ``adversary_input``, ``generator_loss``,
+    ``stop_on``: one of their choices; ``adversary_steps``, ``mix_neighbours``: an integer >= 1). Values may
+    be strings."""
     from .presets import FE_DESIGN_CHOICES
 
     if values is None:
         return {}
-    allowed = [*FE_DESIGN_CHOICES, "adversary_steps"]
+    allowed = [*FE_DESIGN_CHOICES, "adversary_steps", "mix_neighbours"]
     if not isinstance(values, dict):
         raise InputError(f"fe_design must be a dict with some of {allowed}; got {type(values).__name__}.")
     unknown = sorted(set(values) - set(allowed))
@@ -383,8 +384,8 @@ def parse_fe_design(values) -> dict:
         raise InputError(f"Unknown fe_design settings {unknown}; valid: {allowed}.")
     out = {}
     for key, value in values.items():
-        if key == "adversary_steps":
-            out[key] = as_int("fe_design['adversary_steps']", value, minimum=1)
+        if key in ("adversary_steps", "mix_neighbours"):
+            out[key] = as_int(f"fe_design[{key!r}]", value, minimum=1)
         else:
             check_choice(f"fe_design[{key!r}]", value, FE_DESIGN_CHOICES[key])
             out[key] = value

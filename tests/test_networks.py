@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from precision import sum_atol
-from scmedal_lite.networks import AutoEncoder, FixedEffectsAE, RandomEffectsAE
+from scmedal_lite.metrics import knn_same_batch_fraction
+from scmedal_lite.networks import AutoEncoder, FixedEffectsAE, RandomEffectsAE, _soft_same_batch_fraction
 
 
 @pytest.fixture
@@ -101,6 +102,44 @@ def test_fe_loss_is_recon_minus_adversary(data):
     recon, adv = float(out["recon_loss"]), float(out["adv_loss"])
     # a float32 difference that may cancel: judged against the size of its terms (tests/precision.py)
     assert float(out["loss"]) == pytest.approx(7.0 * recon - 2.0 * adv, rel=0, abs=sum_atol(7 * recon, 2 * adv))
+
+
+def test_soft_same_batch_fraction_tracks_the_knn_fraction():
+    """Known answers: batches apart -> 1, interleaved -> 0, random -> near sum p_b^2; it follows the hard kNN
+    fraction it smooths, and minibatches smaller than k+1 cells (an epoch's last) still give a value."""
+    rng = np.random.default_rng(0)
+    batch = rng.integers(0, 4, 400)
+    z = np.eye(4, dtype="float32")[batch]
+    apart = (rng.normal(size=(400, 5)) + 20 * batch[:, None]).astype("float32")
+    mixed = rng.normal(size=(400, 5)).astype("float32")
+    line = np.repeat(np.arange(200), 2)[:, None].astype("float32") * 10 + np.tile([0, 0.01], 200)[:, None]
+    alternating = np.eye(2, dtype="float32")[np.tile([0, 1], 200)]
+    soft = {name: float(_soft_same_batch_fraction(lat, zz, k=k))
+            for name, lat, zz, k in [("apart", apart, z, 15), ("mixed", mixed, z, 15), ("pairs", line, alternating, 1)]}
+    assert soft["apart"] > 0.99
+    assert soft["pairs"] < 0.05                    # each cell's nearest neighbour is from the other batch
+    expected = knn_same_batch_fraction(mixed, batch, k=15)[1]
+    assert abs(soft["mixed"] - expected) < 0.05, (soft, expected)
+    partly = mixed + 1.5 * batch[:, None].astype("float32")
+    assert soft["mixed"] < float(_soft_same_batch_fraction(partly, z)) < soft["apart"]
+    for n in (1, 2, 5):
+        assert 0.0 <= float(_soft_same_batch_fraction(mixed[:n], z[:n], k=15)) <= 1.0
+
+
+def test_fe_mixing_term_is_logged_and_only_in_training(data):
+    x, z = data
+    plain = FixedEffectsAE(20, 3, hidden=(16, 8), latent_dim=4, seed=0)
+    mixing = FixedEffectsAE(20, 3, hidden=(16, 8), latent_dim=4, seed=0, w_mix=10.0)
+    for net in (plain, mixing):
+        net.build()
+    mixing.set_weights(plain.get_weights())
+    assert "mix_loss" in mixing.loss_names and "mix_loss" not in plain.loss_names
+    train, base = mixing.loss_terms((x, z), True), plain.loss_terms((x, z), True)
+    mix = float(train["mix_loss"])
+    assert 0.0 < mix < 1.0
+    # the batch-norm statistics in training mode are the same: only the mixing term differs
+    assert float(train["loss"]) == pytest.approx(float(base["loss"]) + 10.0 * mix, rel=1e-5)
+    assert float(mixing.loss_terms((x, z), False)["mix_loss"]) == 0.0
 
 
 def test_fe_tied_decoder_has_no_kernels_of_its_own():

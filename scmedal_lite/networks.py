@@ -55,7 +55,7 @@ def _confusion(p):
     return -ops.mean(ops.mean(ops.log(ops.clip(_f32(p), 1e-7, 1.0)), axis=-1))
 
 
-def _soft_same_batch_fraction(latent, z, k: int = 15):
+def _soft_same_batch_fraction(latent, z, k: int):
     """Soft, differentiable kNN same-batch fraction of a minibatch's latent, averaged over its cells.
 
     Each cell weighs the other cells of the minibatch by ``softmax(-d² / d²_k)``, where ``d²_k`` is its squared
@@ -327,6 +327,7 @@ class FixedEffectsAE(AutoEncoder):
     DECODERS = ("tied", "random_effects")
     ADVERSARY_INPUTS = ("all", "latent")
     GENERATOR_LOSSES = ("negative_ce", "confusion")
+    STOP_ON = ("loss", "recon_loss")
 
     def __init__(self, n_genes, n_batches, hidden=(512, 132), latent_dim=50, n_labels=None, w_recon=1000.0,
                  w_gen=1.0, w_class=1.0, adversary_hidden=None, *, decoder="tied", adversary_input="all",
@@ -337,7 +338,7 @@ class FixedEffectsAE(AutoEncoder):
         check_choice("decoder", decoder, self.DECODERS)
         check_choice("adversary_input", adversary_input, self.ADVERSARY_INPUTS)
         check_choice("generator_loss", generator_loss, self.GENERATOR_LOSSES)
-        check_choice("stop_on", stop_on, ("loss", "recon_loss"))
+        check_choice("stop_on", stop_on, self.STOP_ON)
         self.monitor = f"val_{stop_on}"
         self.n_batches, self.w_gen = n_batches, w_gen
         self.decoder_kind, self.adversary_input, self.generator_loss = decoder, adversary_input, generator_loss

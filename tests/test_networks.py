@@ -121,7 +121,7 @@ def test_soft_same_batch_fraction_tracks_the_knn_fraction():
     expected = knn_same_batch_fraction(mixed, batch, k=15)[1]
     assert abs(soft["mixed"] - expected) < 0.05, (soft, expected)
     partly = mixed + 1.5 * batch[:, None].astype("float32")
-    assert soft["mixed"] < float(_soft_same_batch_fraction(partly, z)) < soft["apart"]
+    assert soft["mixed"] < float(_soft_same_batch_fraction(partly, z, k=15)) < soft["apart"]
     for n in (1, 2, 5):
         assert 0.0 <= float(_soft_same_batch_fraction(mixed[:n], z[:n], k=15)) <= 1.0
 

@@ -84,12 +84,15 @@ class PeakMemory:
         return round(self.peak, 1)
 
 
-def run_cli(data, out, code_dir=None):
-    """``scmedal-lite run`` on ``data`` into ``out`` with the package at ``code_dir`` (None: this checkout)."""
+def run_cli(data, out, code_dir=None, jobs=None):
+    """``scmedal-lite run`` on ``data`` into ``out`` with the package at ``code_dir`` (None: this checkout) and
+    ``--jobs jobs`` (None: the command's default; an older copy may not know the flag)."""
     env = dict(os.environ)
     for var in ("SCMEDAL_DATA_PATH", "SCMEDAL_MAX_EPOCHS", "SCMEDAL_QUICK", "SCMEDAL_OUTPUT_DIR", "SCMEDAL_MODEL_DIR"):
         env.pop(var, None)
     cmd = [sys.executable, "-m", "scmedal_lite.cli", "run", data, *KEYS, "--out", out, "--quiet"]
+    if jobs is not None:
+        cmd += ["--jobs", str(jobs)]
     if code_dir is not None:
         env["PYTHONPATH"] = code_dir
         cmd += ["--notebooks-dir", os.path.join(code_dir, "notebooks")]
@@ -102,6 +105,17 @@ def run_cli(data, out, code_dir=None):
     if proc.returncode != 0:
         raise RuntimeError(f"scmedal-lite run failed ({proc.returncode}):\n{output[-3000:]}")
     return wall, peak
+
+
+def differing_tables(a, b):
+    """Result tables (``results/*.csv``) of run ``b`` whose bytes differ from run ``a``'s, by name."""
+    names = sorted(os.path.basename(p) for p in glob.glob(os.path.join(a, "results", "*.csv")))
+    differ = []
+    for name in names:
+        with open(os.path.join(a, "results", name), "rb") as fa, open(os.path.join(b, "results", name), "rb") as fb:
+            if fa.read() != fb.read():
+                differ.append(name)
+    return differ
 
 
 def _csv(out, name):
@@ -159,26 +173,36 @@ def main():
     ap.add_argument("--sizes", type=int, nargs="+", default=[2000, 10000])
     ap.add_argument("--baseline", default=None, help="folder with an older scmedal_lite/ and notebooks/")
     ap.add_argument("--baseline-name", default="baseline")
+    ap.add_argument("--jobs", type=int, nargs="+", default=None,
+                    help="run the current code once per value of --jobs (default: once, the command's default); "
+                         "the runs' result tables are compared byte for byte")
     ap.add_argument("--out", default=os.path.join(HERE, "results", "time_to_result"))
     args = ap.parse_args()
 
     full = sm.datasets.covid_pbmc()
-    codes = ([(args.baseline_name, os.path.abspath(args.baseline))] if args.baseline else []) + [("current", None)]
+    codes = ([(args.baseline_name, os.path.abspath(args.baseline), None)] if args.baseline else [])
+    codes += ([(f"current --jobs {j}", None, j) for j in args.jobs] if args.jobs else [("current", None, None)])
     rows = []
     load = {"start": list(os.getloadavg())}
     with tempfile.TemporaryDirectory() as tmp:
         for n in args.sizes:
             data = os.path.join(tmp, f"covid_{n}.h5ad")
             cells, batches = subset(full, n, data)
-            for name, code in codes:
-                out = os.path.join(tmp, f"run_{n}_{name}")
-                wall, peak = run_cli(data, out, code)
+            first_current = None
+            for name, code, jobs in codes:
+                out = os.path.join(tmp, f"run_{n}_{name.replace(' ', '_')}")
+                wall, peak = run_cli(data, out, code, jobs)
                 with open(os.path.join(out, "run.json")) as f:
                     run = json.load(f)
                 timings = run["seconds_per_notebook"]
-                row = {"cells": cells, "batches": batches, "code": name, "wall_seconds": round(wall, 1),
-                       "peak_memory_mb": peak, **{f"s_{k}": v for k, v in timings.items()},
-                       **quality(out), "training": training(out)}
+                row = {"cells": cells, "batches": batches, "code": name, "jobs": run.get("jobs", 1),
+                       "wall_seconds": round(wall, 1), "peak_memory_mb": peak,
+                       **{f"s_{k}": v for k, v in timings.items()}, **quality(out), "training": training(out)}
+                if code is None:
+                    if first_current is None:
+                        first_current = out
+                    else:
+                        row["tables_differing_from_first_current_run"] = differing_tables(first_current, out)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     load["end"] = list(os.getloadavg())
@@ -220,6 +244,17 @@ def report(result):
               for n, pair in by.items() if "baseline" in pair and "current" in pair]
     if ratios:
         lines += ["", "Whole-run speed-up, baseline / current (same session):", "", *ratios]
+    jobs = []
+    for n, runs in by.items():
+        one = runs.get("current --jobs 1")
+        for name, r in runs.items():
+            if one is not None and r is not one and name.startswith("current --jobs"):
+                same = r.get("tables_differing_from_first_current_run")
+                jobs.append(f"- {n} cells, {name}: {one['wall_seconds'] / r['wall_seconds']:.2f}x faster than "
+                            f"--jobs 1 ({one['wall_seconds']} s -> {r['wall_seconds']} s); result tables "
+                            + ("identical" if same == [] else f"differing: {same}"))
+    if jobs:
+        lines += ["", "Notebooks run at a time after the first (`--jobs`), same session:", "", *jobs]
     return "\n".join(lines) + "\n"
 
 

@@ -4,7 +4,8 @@
 Usage::
 
     scmedal-lite run DATA.h5ad --batch-key donor --labels-key cell_type [--condition-key disease] --out DIR
-                     [--quick] [--max-epochs N] [--seed S] [--overwrite] [--resume] [--quiet | --verbose]
+                     [--quick] [--max-epochs N] [--seed S] [--jobs N] [--overwrite] [--resume]
+                     [--quiet | --verbose]
 
 (``--label-key`` is the old name of ``--labels-key``; it still works, with a deprecation message.)
 
@@ -20,7 +21,8 @@ notebooks run with papermill, sharing one trained model, and ``DIR`` receives::
     model/                       the trained model (``sm.SCMEDAL.load``)
     run.json                     command, parameters, input checksum, timings, versions of the main packages
 
-``DATA.h5ad`` is only read. ``DIR`` is written whole or not at all: the run builds everything in
+Notebook 00 trains the shared model first; the other notebooks then run two at a time (``--jobs``; each in a
+kernel of its own). ``DATA.h5ad`` is only read. ``DIR`` is written whole or not at all: the run builds everything in
 ``DIR.partial`` and moves it to ``DIR`` in one step when every notebook has run; an existing non-empty ``DIR``
 is refused unless ``--overwrite``. A run that was killed or failed leaves ``DIR.partial``, with a marker for
 each notebook that completed: ``--resume`` (same input and parameters) reuses those notebooks and the trained
@@ -110,6 +112,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--notebooks", default=None,
                      help=f"comma-separated subset of the notebooks (default all: {','.join(NOTEBOOKS)})")
     run.add_argument("--notebooks-dir", default=None, help=argparse.SUPPRESS)
+    run.add_argument("--jobs", "-j", type=int, default=None,
+                     help="notebooks run at a time once the model is trained (default: 2, or 1 on one CPU)")
     run.add_argument("--timeout", type=int, default=None,
                      help="seconds allowed per notebook cell (default: no limit)")
     from .apply import add_parser
@@ -125,6 +129,7 @@ def check_inputs(args) -> dict:
     data = os.path.abspath(args.data)
     if args.max_epochs is not None:
         as_int("--max-epochs", args.max_epochs, minimum=1)
+    args.jobs = default_jobs() if args.jobs is None else as_int("--jobs", args.jobs, minimum=1)
     as_int("--seed", args.seed, minimum=0)
     out = check_out(args, {"input file": (data, args.data)})
     adata = read_h5ad(data, backed="r")
@@ -201,7 +206,7 @@ def _command(args) -> str:
         parts.append("--quick")
     if args.max_epochs is not None:
         parts += ["--max-epochs", str(args.max_epochs)]
-    parts += ["--seed", str(args.seed)]
+    parts += ["--seed", str(args.seed), "--jobs", str(args.jobs)]
     return shlex.join(parts)
 
 
@@ -214,39 +219,88 @@ def _say(args, message: str) -> None:
 def _execute(checked: dict, parameters: dict, work: str, args) -> tuple[list, dict, dict, list]:
     """Run the selected notebooks with papermill into ``work/notebooks``, without the ``SCMEDAL_*``
     environment; a notebook with a completion marker (a resumed run) is not run again. Returns (executed
-    paths, seconds per notebook, status per path, notebooks reused). A failure raises :class:`_RunFailed`."""
+    paths, seconds per notebook, status per path, notebooks reused). A failure raises :class:`_RunFailed`.
+
+    The first notebook to run goes alone: it trains and saves the shared model (notebook 00) or loads it. The
+    others only read that model and write files of their own, so they then run ``args.jobs`` at a time, each in
+    its own kernel (:func:`default_jobs`). After a failure no further notebook starts; those already running
+    finish and keep their completion markers, so ``--resume`` reruns only what is left."""
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    names = checked["notebooks"]
+    executed, timings, status, reused, pending = {}, {}, {}, [], []
+    for i, name in enumerate(names, 1):
+        dst = os.path.join(work, "notebooks", f"{name}.ipynb")
+        done = _marker(work, name)
+        if done is not None and os.path.exists(dst):
+            timings[name], status[dst], executed[name] = done, f"ok, {done:.0f} s (an earlier run)", dst
+            reused.append(name)
+            _say(args, f"[{i}/{len(names)}] {name}: done in an earlier run, reused")
+        else:
+            pending.append((i, name))
+    jobs = min(args.jobs, max(1, len(pending) - 1))
+    failures = []
+
+    def one(i, name):
+        _say(args, f"[{i}/{len(names)}] {name} ...")
+        dst, seconds = _run_notebook(checked, name, parameters, work, args, bars=jobs == 1)
+        timings[name], status[dst], executed[name] = seconds, f"ok, {seconds:.0f} s", dst
+        _say(args, f"      {name} done in {seconds:.0f} s")
+
+    with _without_notebook_environment(), _silenced_stderr(args.quiet):
+        if pending:
+            one(*pending[0])
+        if len(pending) > 1 and jobs > 1:
+            _say(args, f"      the other {len(pending) - 1} notebooks run {jobs} at a time (--jobs)")
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            queue, running = list(pending[1:]), set()
+            while queue or running:
+                while queue and len(running) < jobs and not failures:
+                    running.add(pool.submit(one, *queue.pop(0)))
+                if not running:
+                    break
+                finished, running = wait(running, return_when=FIRST_COMPLETED)
+                failures += [f.exception() for f in finished if f.exception() is not None]
+    if failures:
+        raise failures[0]
+    order = [n for n in names if n in executed]
+    return [executed[n] for n in order], {n: timings[n] for n in order}, status, reused
+
+
+def _run_notebook(checked, name, parameters, work, args, bars: bool) -> tuple[str, float]:
+    """Execute one notebook (papermill, a kernel of its own) and mark it done; returns (path, seconds)."""
     import papermill as pm
 
     nb_out = os.path.join(work, "notebooks")
-    executed, timings, status, reused = [], {}, {}, []
-    names = checked["notebooks"]
-    with _without_notebook_environment(), _silenced_stderr(args.quiet):
-        for i, name in enumerate(names, 1):
-            src = str(checked["nb_dir"] / f"{name}.ipynb")
-            dst = os.path.join(nb_out, f"{name}.ipynb")
-            done = _marker(work, name)
-            if done is not None and os.path.exists(dst):
-                timings[name], status[dst] = done, f"ok, {done:.0f} s (an earlier run)"
-                executed.append(dst)
-                reused.append(name)
-                _say(args, f"[{i}/{len(names)}] {name}: done in an earlier run, reused")
-                continue
-            _say(args, f"[{i}/{len(names)}] {name} ...")
-            t0 = time.perf_counter()
-            try:
-                pm.execute_notebook(src, dst, parameters=parameters, kernel_name="python3", cwd=nb_out,
-                                    progress_bar=not args.quiet, log_output=bool(args.verbose),
-                                    execution_timeout=args.timeout)
-            except pm.PapermillExecutionError as err:
-                raise _RunFailed(f"notebook {name} failed: {err.ename}: {err.evalue} (the executed notebook is "
-                                 f"{dst}; fix the cause and rerun with --resume to continue, or without it to "
-                                 f"start afresh)") from None
-            timings[name] = round(time.perf_counter() - t0, 1)
-            status[dst] = f"ok, {timings[name]:.0f} s"
-            executed.append(dst)
-            _mark_done(work, name, timings[name])
-            _say(args, f"      done in {timings[name]:.0f} s")
-    return executed, timings, status, reused
+    src = str(checked["nb_dir"] / f"{name}.ipynb")
+    dst = os.path.join(nb_out, f"{name}.ipynb")
+    t0 = time.perf_counter()
+    try:
+        pm.execute_notebook(src, dst, parameters=parameters, kernel_name="python3", cwd=nb_out,
+                            progress_bar=bars and not args.quiet, log_output=bool(args.verbose),
+                            execution_timeout=args.timeout)
+    except pm.PapermillExecutionError as err:
+        raise _RunFailed(f"notebook {name} failed: {err.ename}: {err.evalue} (the executed notebook is "
+                         f"{dst}; fix the cause and rerun with --resume to continue, or without it to "
+                         f"start afresh)") from None
+    seconds = round(time.perf_counter() - t0, 1)
+    _mark_done(work, name, seconds)
+    return dst, seconds
+
+
+def default_jobs(cpus: int | None = None) -> int:
+    """Notebooks run at a time after the first (``--jobs`` default): 2, or 1 on a single CPU.
+
+    Two at a time pays even on 2 CPUs: much of a notebook is single-threaded (kernel start-up and imports,
+    graph tracing, UMAP, genomap's transport, plotting), so a second kernel fills the idle CPU
+    (benchmarks/results/time_to_result.md). More kernels mostly add memory (one model and one copy of the
+    data each).
+
+    >>> default_jobs(1), default_jobs(2), default_jobs(16)
+    (1, 2, 2)
+    """
+    cpus = os.cpu_count() if cpus is None else cpus
+    return 2 if (cpus or 1) >= 2 else 1
 
 
 # ------------------------------------------------------------------------------ the resumable work folder
@@ -334,7 +388,7 @@ def run(args) -> int:
         write_json(os.path.join(work, "run.json"), {
             "command": _command(args), "scmedal_lite_version": __version__, "versions": versions(),
             "input": data, "input_sha256": digest, "parameters": params, "notebooks": checked["notebooks"],
-            "reused_from_an_earlier_run": reused, "seconds_per_notebook": timings,
+            "reused_from_an_earlier_run": reused, "jobs": args.jobs, "seconds_per_notebook": timings,
             "seconds_total": round(time.perf_counter() - started, 1)})
         shutil.rmtree(os.path.join(work, STATE_DIR))
         promote_dir(work, out, overwrite=args.overwrite)

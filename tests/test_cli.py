@@ -198,7 +198,7 @@ def test_failed_notebook_writes_nothing_and_keeps_the_partial_run(data, tmp_path
     ran = []                                            # without --resume: the partial run is removed
     monkeypatch.setattr(papermill, "execute_notebook", fake_runner(ran=ran))
     assert cli.main(args(data, out)) == 0
-    assert ran == list(cli.NOTEBOOKS)
+    assert ran[0] == "00_quickstart" and sorted(ran) == sorted(cli.NOTEBOOKS)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 
 
@@ -207,7 +207,7 @@ def test_resume_reuses_the_notebooks_done_and_the_model(data, tmp_path, monkeypa
 
     monkeypatch.setattr(papermill, "execute_notebook", fake_runner(fail_on="03_genomap_projection"))
     out = tmp_path / "run"
-    assert cli.main(args(data, out, "--quiet")) == cli.EXIT_FAILED
+    assert cli.main(args(data, out, "--quiet", "--jobs", "1")) == cli.EXIT_FAILED   # one at a time: 04 never starts
     assert capsys.readouterr().out == "", "--quiet prints nothing but errors"
     ran = []
     monkeypatch.setattr(papermill, "execute_notebook", fake_runner(ran=ran))
@@ -262,6 +262,62 @@ def test_missing_cli_extra_or_genomap_names_the_command(data, tmp_path, monkeypa
 
 
 # A real run killed with SIGKILL and resumed: tests/test_wheel.py (with the installed wheel's command).
+
+
+def test_jobs_run_the_first_notebook_alone_then_the_others_together(data, tmp_path, monkeypatch, capsys):
+    """--jobs 2: notebook 00 (which trains the shared model) finishes before any other starts; then two run at
+    once, never more; run.json records the setting and every notebook's seconds in the notebooks' order."""
+    import threading
+    import time
+
+    import papermill
+
+    lock, state = threading.Lock(), {"running": 0, "most": 0, "order": []}
+    inner = fake_runner()
+
+    def slow(src, dst, parameters, **kw):
+        name = Path(src).stem
+        with lock:
+            state["running"] += 1
+            state["most"] = max(state["most"], state["running"])
+            state["order"].append(("start", name))
+        time.sleep(0.3)
+        try:
+            return inner(src, dst, parameters, **kw)
+        finally:
+            with lock:
+                state["running"] -= 1
+                state["order"].append(("end", name))
+
+    monkeypatch.setattr(papermill, "execute_notebook", slow)
+    out = tmp_path / "run"
+    assert cli.main(args(data, out, "--jobs", "2")) == 0
+    assert state["order"][:2] == [("start", "00_quickstart"), ("end", "00_quickstart")]
+    assert state["most"] == 2, "two notebooks at a time after the first"
+    info = json.loads((out / "run.json").read_text())
+    assert info["jobs"] == 2 and list(info["seconds_per_notebook"]) == list(cli.NOTEBOOKS)
+    assert "--jobs 2" in info["command"]
+    assert "run 2 at a time" in capsys.readouterr().out
+
+    state.update(running=0, most=0, order=[])
+    assert cli.main(args(data, tmp_path / "serial", "--jobs", "1")) == 0
+    assert state["most"] == 1 and [n for e, n in state["order"] if e == "start"] == list(cli.NOTEBOOKS)
+    assert cli.main(args(data, tmp_path / "bad", "--jobs", "0")) == cli.EXIT_BAD_INPUT
+    assert "--jobs" in capsys.readouterr().err
+
+
+def test_after_a_failure_no_further_notebook_starts(data, tmp_path, monkeypatch, capsys):
+    import papermill
+
+    ran = []
+    monkeypatch.setattr(papermill, "execute_notebook", fake_runner(fail_on="00_quickstart", ran=ran))
+    assert cli.main(args(data, tmp_path / "run", "--jobs", "2")) == cli.EXIT_FAILED
+    assert ran == ["00_quickstart"], "the others need the model the first notebook makes"
+    assert "00_quickstart failed" in capsys.readouterr().err
+
+
+def test_default_jobs():
+    assert cli.default_jobs(1) == 1 and cli.default_jobs(2) == 2 and cli.default_jobs(64) == 2
 
 
 def test_quiet_verbose_and_version(data, tmp_path, monkeypatch, capsys):

@@ -5,7 +5,8 @@
 
 - the first chapter whose cached outputs are out of date runs alone: chapter 00 trains and saves the shared
   model that the others load;
-- the other out-of-date chapters then run ``--jobs`` at a time (default 2), each in a kernel of its own.
+- the other out-of-date chapters then run ``--jobs`` at a time (default 2), each in a kernel of its own,
+  chapter 04 (the longest) first.
   Much of a chapter is single-threaded (kernel start-up and imports, graph tracing, UMAP, genomap's
   transport, plots), so two kernels keep a 2-CPU machine busier than one (book/performance.md).
 
@@ -32,6 +33,9 @@ from jupyter_cache import get_cache
 from jupyter_cache.executors.basic import ExecutionWorkerLocalMProc, ProcessData
 
 ROOT = Path(__file__).resolve().parents[1]
+#: Started first after the first chapter: the longest (its cross-validation trains a model per fold) runs beside
+#: the others instead of after them (scmedal_lite.cli.LONGEST, for `scmedal-lite run`).
+LONGEST = ("04_classification",)
 
 
 def chapters() -> list[Path]:
@@ -58,7 +62,8 @@ def stale(cache, paths: list[Path]) -> list:
 def execute(cache, records, jobs: int, timeout: int) -> list[str]:
     """Run ``records`` (the first alone, then ``jobs`` at a time) into the cache; returns the failed paths."""
     worker = ExecutionWorkerLocalMProc()
-    work = [ProcessData(r.pk, r.uri, cache, timeout, False) for r in records]
+    first, rest = records[0], sorted(records[1:], key=lambda r: Path(r.uri).stem not in LONGEST)
+    work = [ProcessData(r.pk, r.uri, cache, timeout, False) for r in (first, *rest)]
 
     def report(results, started):
         failed = []

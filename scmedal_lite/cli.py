@@ -54,6 +54,9 @@ from .validate import InputError
 
 NOTEBOOKS = ("00_quickstart", "01_batch_suppression", "02_random_effects", "03_genomap_projection",
              "04_classification")
+#: With ``--jobs`` above 1, these start first once the model is trained: the longest notebook (its
+#: cross-validation trains a model per fold) runs beside the others instead of after them.
+LONGEST = ("04_classification",)
 REQUIRED = ("results/scores.csv", "results/classification.csv", "adata.h5ad", "report/index.html")
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
@@ -223,8 +226,9 @@ def _execute(checked: dict, parameters: dict, work: str, args) -> tuple[list, di
 
     The first notebook to run goes alone: it trains and saves the shared model (notebook 00) or loads it. The
     others only read that model and write files of their own, so they then run ``args.jobs`` at a time, each in
-    its own kernel (:func:`default_jobs`). After a failure no further notebook starts; those already running
-    finish and keep their completion markers, so ``--resume`` reruns only what is left."""
+    its own kernel (:func:`default_jobs`), the longest (:data:`LONGEST`) first. After a failure no further
+    notebook starts; those already running finish and keep their completion markers, so ``--resume`` reruns
+    only what is left."""
     from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
     names = checked["notebooks"]
@@ -254,6 +258,8 @@ def _execute(checked: dict, parameters: dict, work: str, args) -> tuple[list, di
             _say(args, f"      the other {len(pending) - 1} notebooks run {jobs} at a time (--jobs)")
         with ThreadPoolExecutor(max_workers=jobs) as pool:
             queue, running = list(pending[1:]), set()
+            if jobs > 1:
+                queue.sort(key=lambda item: item[1] not in LONGEST)     # stable: the book's order otherwise
             while queue or running:
                 while queue and len(running) < jobs and not failures:
                     running.add(pool.submit(one, *queue.pop(0)))

@@ -266,7 +266,8 @@ def test_missing_cli_extra_or_genomap_names_the_command(data, tmp_path, monkeypa
 
 def test_jobs_run_the_first_notebook_alone_then_the_others_together(data, tmp_path, monkeypatch, capsys):
     """--jobs 2: notebook 00 (which trains the shared model) finishes before any other starts; then two run at
-    once, never more; run.json records the setting and every notebook's seconds in the notebooks' order."""
+    once, never more, the longest (04) first; run.json records the setting and every notebook's seconds in the
+    notebooks' order. --jobs 1 keeps the book's order."""
     import threading
     import time
 
@@ -293,6 +294,7 @@ def test_jobs_run_the_first_notebook_alone_then_the_others_together(data, tmp_pa
     out = tmp_path / "run"
     assert cli.main(args(data, out, "--jobs", "2")) == 0
     assert state["order"][:2] == [("start", "00_quickstart"), ("end", "00_quickstart")]
+    assert state["order"][2] == ("start", "04_classification"), "the longest starts first"
     assert state["most"] == 2, "two notebooks at a time after the first"
     info = json.loads((out / "run.json").read_text())
     assert info["jobs"] == 2 and list(info["seconds_per_notebook"]) == list(cli.NOTEBOOKS)

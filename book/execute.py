@@ -62,7 +62,9 @@ def stale(cache, paths: list[Path]) -> list:
 def execute(cache, records, jobs: int, timeout: int) -> list[str]:
     """Run ``records`` (the first alone, then ``jobs`` at a time) into the cache; returns the failed paths."""
     worker = ExecutionWorkerLocalMProc()
-    first, rest = records[0], sorted(records[1:], key=lambda r: Path(r.uri).stem not in LONGEST)
+    first, rest = records[0], list(records[1:])
+    if jobs > 1:
+        rest.sort(key=lambda r: Path(r.uri).stem not in LONGEST)      # stable: the book's order otherwise
     work = [ProcessData(r.pk, r.uri, cache, timeout, False) for r in (first, *rest)]
 
     def report(results, started):

@@ -229,7 +229,7 @@ def _execute(checked: dict, parameters: dict, work: str, args) -> tuple[list, di
     its own kernel (:func:`default_jobs`), the longest (:data:`LONGEST`) first. After a failure no further
     notebook starts; those already running finish and keep their completion markers, so ``--resume`` reruns
     only what is left."""
-    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+    from concurrent.futures import ThreadPoolExecutor
 
     names = checked["notebooks"]
     executed, timings, status, reused, pending = {}, {}, {}, [], []
@@ -245,28 +245,29 @@ def _execute(checked: dict, parameters: dict, work: str, args) -> tuple[list, di
     jobs = min(args.jobs, max(1, len(pending) - 1))
     failures = []
 
-    def one(i, name):
+    def one(i, name, bars):
+        if failures:                       # after a failure no further notebook starts
+            return
         _say(args, f"[{i}/{len(names)}] {name} ...")
-        dst, seconds = _run_notebook(checked, name, parameters, work, args, bars=jobs == 1)
+        try:
+            dst, seconds = _run_notebook(checked, name, parameters, work, args, bars=bars)
+        except Exception as err:           # noqa: BLE001 - re-raised below, once the running ones are done
+            failures.append(err)
+            return
         timings[name], status[dst], executed[name] = seconds, f"ok, {seconds:.0f} s", dst
         _say(args, f"      {name} done in {seconds:.0f} s")
 
     with _without_notebook_environment(), _silenced_stderr(args.quiet):
         if pending:
-            one(*pending[0])
-        if len(pending) > 1 and jobs > 1:
-            _say(args, f"      the other {len(pending) - 1} notebooks run {jobs} at a time (--jobs)")
+            one(*pending[0], bars=True)    # alone: it trains (or loads) the shared model
+        rest = pending[1:]
+        if jobs > 1:
+            rest.sort(key=lambda item: item[1] not in LONGEST)     # stable: the book's order otherwise
+            if rest and not failures:
+                _say(args, f"      the other {len(rest)} notebooks run {jobs} at a time (--jobs)")
         with ThreadPoolExecutor(max_workers=jobs) as pool:
-            queue, running = list(pending[1:]), set()
-            if jobs > 1:
-                queue.sort(key=lambda item: item[1] not in LONGEST)     # stable: the book's order otherwise
-            while queue or running:
-                while queue and len(running) < jobs and not failures:
-                    running.add(pool.submit(one, *queue.pop(0)))
-                if not running:
-                    break
-                finished, running = wait(running, return_when=FIRST_COMPLETED)
-                failures += [f.exception() for f in finished if f.exception() is not None]
+            for i, name in rest:
+                pool.submit(one, i, name, jobs == 1)
     if failures:
         raise failures[0]
     order = [n for n in names if n in executed]

@@ -50,6 +50,7 @@ QUICK_CELLS, QUICK_EPOCHS, QUICK_SCIB_CELLS = 3000, 3, 1000
 METHODS = {
     "fe": ("scMEDAL-FE", "network"),
     "fe_paper": ("scMEDAL-FE (paper)", "network"),
+    "fe_keep": ("scMEDAL-FE (w_keep=100)", "network"),
     "re": ("scMEDAL-RE", "network"),
     "ae": ("AE", "network"),
     "pca": ("PCA", "baseline"),
@@ -112,7 +113,8 @@ def _run_network(adata, key, spec, epochs, seed):
         epochs = default.epochs_for(int(default.train_mask.sum()), default.config["schedule"]["batch_size"])
         note = f"max_epochs={epochs}: the default schedule's length"
     start = _begin()
-    model = sm.SCMEDAL(adata, spec["batch_key"], spec["labels_key"], preset=preset, seed=seed)
+    fe = {"w_keep": 100.0} if key == "fe_keep" else None         # the opt-in neighbour-keeping term
+    model = sm.SCMEDAL(adata, spec["batch_key"], spec["labels_key"], preset=preset, seed=seed, fe=fe)
     model.train(max_epochs=epochs, which=(kind,), progress=False)
     emb = model.get_latent(kind)
     trained = model.trained[kind]

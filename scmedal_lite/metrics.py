@@ -234,6 +234,43 @@ def knn_same_batch_fraction(X, batch, k: int = 15) -> tuple[float, float]:
     return _same_batch_fraction(idx, codes), _expected_same_batch_fraction(codes)
 
 
+def within_batch_neighbours_kept(X, reference, batch, k: int = 15) -> float:
+    """Fraction of each cell's ``k`` nearest neighbours *within its own batch* in ``reference`` (e.g. the PCA of
+    the expression) that are still among its ``k`` within-batch neighbours in ``X``, averaged over cells.
+
+    A label-free check against over-correction: a batch effect moves a batch as a whole, so the neighbours a
+    cell has inside its own batch reflect its biology. Integration should mix batches while keeping these;
+    a method that merges distinct cell types to mix batches loses them. 1 when every batch's neighbourhoods
+    are kept; about ``k / n_b`` for an embedding unrelated to the reference.
+
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> ref, batch = rng.normal(size=(200, 5)), np.repeat([0, 1], 100)
+    >>> shifted = ref + 10 * batch[:, None]                          # batches moved, neighbourhoods kept
+    >>> within_batch_neighbours_kept(shifted, ref, batch, k=10)
+    1.0
+    >>> within_batch_neighbours_kept(rng.normal(size=(200, 5)), ref, batch, k=10) < 0.3
+    True
+    """
+    X, reference = _as_embedding(X), _as_embedding(reference)
+    if reference.shape[0] != X.shape[0]:
+        raise InputError(f"reference has {reference.shape[0]} cells and the embedding {X.shape[0]}; pass both "
+                         "for the same cells, in the same order.")
+    codes = _codes(batch, "batch", X.shape[0])
+    kept, counted = 0.0, 0
+    for b in np.unique(codes):
+        cells = np.flatnonzero(codes == b)
+        if len(cells) < 2:
+            continue
+        kk = min(int(k), len(cells) - 1)
+        ours, theirs = _knn_indices(X[cells], kk), _knn_indices(reference[cells], kk)
+        kept += sum(len(set(a) & set(t)) / kk for a, t in zip(ours, theirs))
+        counted += len(cells)
+    if counted == 0:
+        raise InputError("Every batch has a single cell: there are no within-batch neighbours to compare.")
+    return float(kept / counted)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # scoring one embedding
 # ----------------------------------------------------------------------------------------------------------

@@ -81,6 +81,30 @@ class UnseenBatchWarning(UserWarning):
     """Cells from batches the RE network never saw were encoded with the unseen-batch rule."""
 
 
+#: Principal axes that the FE network's neighbour-keeping term measures within-batch neighbourhoods in.
+KEEP_COMPONENTS, KEEP_MAX_CELLS = 50, 20_000
+
+
+def principal_axes(rows, *, n_components: int = KEEP_COMPONENTS, max_cells: int = KEEP_MAX_CELLS,
+                   seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``(mean, components)`` of the first principal axes of ``rows`` (cells × genes, anything indexable by
+    row positions, e.g. :class:`scmedal_lite.rows.ScaledRows`), fitted on at most ``max_cells`` seeded cells.
+    ``components`` is genes × axes.
+
+    >>> x = np.random.default_rng(0).normal(size=(100, 8)).astype("float32")
+    >>> [a.shape for a in principal_axes(x, n_components=3)]
+    [(8,), (8, 3)]
+    """
+    from sklearn.decomposition import PCA
+
+    n = len(rows)
+    pick = np.arange(n) if n <= max_cells else np.sort(np.random.default_rng(seed).choice(n, max_cells, replace=False))
+    x = np.asarray(rows[pick], dtype=np.float32)
+    k = max(1, min(n_components, x.shape[0] - 1, x.shape[1]))
+    pca = PCA(k, svd_solver="randomized" if k < min(x.shape) // 2 else "full", random_state=seed).fit(x)
+    return pca.mean_.astype(np.float32), pca.components_.T.astype(np.float32)
+
+
 class SCMEDAL:
     """scMEDAL: a fixed-effects (batch-invariant) and a random-effects (batch-specific) autoencoder.
 
@@ -345,6 +369,8 @@ class SCMEDAL:
             net.compile(learning_rate=settings.learning_rate)      # builds its optimisers on its weights
         train = self._inputs(kind, self.adata, self.train_mask)
         val = self._inputs(kind, self.adata, self.val_mask)
+        if getattr(net, "w_keep", 0) > 0:
+            net.set_keep_reference(*principal_axes(train[0], seed=settings.seed))
         folder = os.path.join(checkpoint_dir, kind) if checkpoint_dir else None
         previous = self.networks.get(kind)
         self.networks[kind] = net          # usable from on_epoch_end while it trains

@@ -350,3 +350,23 @@ def test_plot_scores_on_real_scores():
         assert len(fig.axes) == len(metrics.METRICS)
     finally:
         plt.close(fig)
+
+
+def test_within_batch_neighbours_kept_known_answers_and_errors():
+    """1 for batches moved as wholes; lower when cells swap places inside their batch; the embedding and the
+    reference must describe the same cells; single-cell batches are skipped."""
+    from scmedal_lite.metrics import within_batch_neighbours_kept
+    from scmedal_lite.validate import InputError
+
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(300, 6))
+    batch = np.repeat(["a", "b", "c"], 100)
+    moved = ref * 2 + 30 * (batch == "b")[:, None]
+    assert within_batch_neighbours_kept(moved, ref, batch) == 1.0
+    half = ref.copy()
+    half[:50] = rng.permutation(half[:50])                       # half of batch a scrambled
+    assert 0.5 < within_batch_neighbours_kept(half, ref, batch) < 0.95
+    with pytest.raises(InputError, match="same cells"):
+        within_batch_neighbours_kept(ref[:10], ref, batch)
+    lonely = np.array(["a"] * 299 + ["z"])
+    assert within_batch_neighbours_kept(moved, ref, lonely) <= 1.0

@@ -6,7 +6,13 @@ import pytest
 
 from precision import sum_atol
 from scmedal_lite.metrics import knn_same_batch_fraction
-from scmedal_lite.networks import AutoEncoder, FixedEffectsAE, RandomEffectsAE, _soft_same_batch_fraction
+from scmedal_lite.networks import (
+    AutoEncoder,
+    FixedEffectsAE,
+    RandomEffectsAE,
+    _neighbour_keeping_loss,
+    _soft_same_batch_fraction,
+)
 
 
 @pytest.fixture
@@ -140,6 +146,64 @@ def test_fe_mixing_term_is_logged_and_only_in_training(data):
     # the batch-norm statistics in training mode are the same: only the mixing term differs
     assert float(train["loss"]) == pytest.approx(float(base["loss"]) + 10.0 * mix, rel=1e-5)
     assert float(mixing.loss_terms((x, z), False)["mix_loss"]) == 0.0
+
+
+def test_neighbour_keeping_loss_sees_within_batch_neighbours_only():
+    """Known answers: 0 when each batch's neighbourhoods are kept (any per-batch shift or global scaling), large
+    when cells swap places within their batch; moving whole batches relative to each other costs nothing;
+    cells alone in their batch in the minibatch are left out."""
+    rng = np.random.default_rng(1)
+    batch = np.repeat([0, 1, 2], 40)
+    z = np.eye(3, dtype="float32")[batch]
+    x = rng.normal(size=(120, 10)).astype("float32")
+    shifted = x[:, :4] * 3 + 50 * batch[:, None]                       # batches moved apart: kept within
+    scrambled = np.concatenate([rng.permutation(x[batch == b, :4]) for b in range(3)])
+    kept = float(_neighbour_keeping_loss(x, x[:, :4] * 3, z, k=5))
+    assert float(_neighbour_keeping_loss(x, shifted, z, k=5)) == pytest.approx(kept, abs=1e-4)
+    assert float(_neighbour_keeping_loss(x, scrambled, z, k=5)) > kept + 1.0
+    assert float(_neighbour_keeping_loss(x, x, z, k=5)) == pytest.approx(0.0, abs=1e-5)
+    lonely = np.eye(3, dtype="float32")[[0, 0, 0, 1, 2]]             # batches 1 and 2: one cell each
+    assert np.isfinite(float(_neighbour_keeping_loss(x[:5], x[:5, :2], lonely, k=5)))
+
+
+def test_fe_keeping_term_is_logged_and_only_in_training(data):
+    x, z = data
+    plain = FixedEffectsAE(20, 3, hidden=(16, 8), latent_dim=4, seed=0)
+    keeping = FixedEffectsAE(20, 3, hidden=(16, 8), latent_dim=4, seed=0, w_keep=10.0)
+    for net in (plain, keeping):
+        net.build()
+    keeping.set_weights(plain.get_weights())
+    assert "keep_loss" in keeping.loss_names and "keep_loss" not in plain.loss_names
+    train, base = keeping.loss_terms((x, z), True), plain.loss_terms((x, z), True)
+    keep = float(train["keep_loss"])
+    assert keep > 0.0
+    assert float(train["loss"]) == pytest.approx(float(base["loss"]) + 10.0 * keep, rel=1e-5)
+    assert float(keeping.loss_terms((x, z), False)["keep_loss"]) == 0.0
+    # measured in a reference space when one is set: the projection changes the value
+    keeping.set_keep_reference(x.mean(0), np.eye(20, dtype="float32")[:, :2])
+    assert float(keeping.loss_terms((x, z), True)["keep_loss"]) != pytest.approx(keep, rel=1e-3)
+
+
+def test_adversary_loop_gives_the_unrolled_updates(data, monkeypatch):
+    """The adversary's updates run in a tf.while_loop: the same weights as the same updates unrolled (the path
+    taken under a tf.distribute strategy)."""
+    import tensorflow as tf
+    x, z = data
+    nets = []
+    for unrolled in (False, True):
+        monkeypatch.setattr(tf.distribute, "has_strategy", lambda unrolled=unrolled: unrolled)
+        keras.utils.set_random_seed(0)
+        net = FixedEffectsAE(20, 3, hidden=(16, 8), latent_dim=4, seed=0, adversary_steps=3)
+        net.build()
+        net.compile(learning_rate=1e-2)
+        step = tf.function(net.train_step, autograph=False)
+        for _ in range(3):
+            step(((x, z),))
+        ops = {op.type for op in step.get_concrete_function(((x, z),)).graph.get_operations()}
+        assert ("While" in ops or "StatelessWhile" in ops) != unrolled
+        nets.append(snapshot(net.weights))
+    for a, b in zip(*nets):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
 
 def test_fe_tied_decoder_has_no_kernels_of_its_own():

@@ -56,6 +56,12 @@ def _confusion(p):
     return -ops.mean(ops.mean(ops.log(ops.clip(_f32(p), 1e-7, 1.0)), axis=-1))
 
 
+def _squared_distances(points):
+    """Pairwise squared Euclidean distances between the rows of ``points`` (never below 0)."""
+    sq = ops.sum(ops.square(points), axis=1, keepdims=True)
+    return ops.maximum(sq + ops.transpose(sq) - 2.0 * ops.matmul(points, ops.transpose(points)), 0.0)
+
+
 def _soft_same_batch_fraction(latent, z, k: int):
     """Soft, differentiable kNN same-batch fraction of a minibatch's latent, averaged over its cells.
 
@@ -75,9 +81,7 @@ def _soft_same_batch_fraction(latent, z, k: int):
     """
     latent, z = _f32(latent), _f32(z)
     n = ops.shape(latent)[0]
-    sq = ops.sum(ops.square(latent), axis=1, keepdims=True)
-    d2 = ops.maximum(sq + ops.transpose(sq) - 2.0 * ops.matmul(latent, ops.transpose(latent)), 0.0)
-    d2 = d2 + ops.eye(n, dtype="float32") * 1e9                      # a cell is not its own neighbour
+    d2 = _squared_distances(latent) + ops.eye(n, dtype="float32") * 1e9     # a cell is not its own neighbour
     k_eff = tf.maximum(1, tf.minimum(k, n - 1))                      # small last minibatches
     kth = ops.stop_gradient(-tf.math.top_k(-d2, k=k_eff).values[:, -1:])
     weights = tf.nn.softmax(-d2 / ops.maximum(kth, 1e-6), axis=1)
@@ -114,9 +118,7 @@ def _neighbour_keeping_loss(x, latent, z, k: int):
     k_eff = tf.maximum(1, tf.minimum(k, n - 1))
 
     def log_neighbours(points):
-        sq = ops.sum(ops.square(points), axis=1, keepdims=True)
-        d2 = sq + ops.transpose(sq) - 2.0 * ops.matmul(points, ops.transpose(points))
-        d = ops.where(same > 0, ops.sqrt(ops.maximum(d2, 1e-12)), 1e9)
+        d = ops.where(same > 0, ops.sqrt(ops.maximum(_squared_distances(points), 1e-12)), 1e9)
         nearest = ops.stop_gradient(-tf.math.top_k(-d, k=k_eff).values)  # ascending; 1e9 past the batch's cells
         first = nearest[:, :1]
         kth = ops.max(ops.where(nearest < 1e8, nearest, 0.0), axis=1, keepdims=True)

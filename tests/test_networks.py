@@ -132,22 +132,6 @@ def test_soft_same_batch_fraction_tracks_the_knn_fraction():
         assert 0.0 <= float(_soft_same_batch_fraction(mixed[:n], z[:n], k=15)) <= 1.0
 
 
-def test_fe_mixing_term_is_logged_and_only_in_training(data):
-    x, z = data
-    plain = FixedEffectsAE(20, 3, hidden=(16, 8), latent_dim=4, seed=0)
-    mixing = FixedEffectsAE(20, 3, hidden=(16, 8), latent_dim=4, seed=0, w_mix=10.0)
-    for net in (plain, mixing):
-        net.build()
-    mixing.set_weights(plain.get_weights())
-    assert "mix_loss" in mixing.loss_names and "mix_loss" not in plain.loss_names
-    train, base = mixing.loss_terms((x, z), True), plain.loss_terms((x, z), True)
-    mix = float(train["mix_loss"])
-    assert 0.0 < mix < 1.0
-    # the batch-norm statistics in training mode are the same: only the mixing term differs
-    assert float(train["loss"]) == pytest.approx(float(base["loss"]) + 10.0 * mix, rel=1e-5)
-    assert float(mixing.loss_terms((x, z), False)["mix_loss"]) == 0.0
-
-
 def test_neighbour_keeping_loss_sees_within_batch_neighbours_only():
     """Known answers: 0 when each batch's neighbourhoods are kept (any per-batch shift or global scaling), large
     when cells swap places within their batch; moving whole batches relative to each other costs nothing;
@@ -166,22 +150,29 @@ def test_neighbour_keeping_loss_sees_within_batch_neighbours_only():
     assert np.isfinite(float(_neighbour_keeping_loss(x[:5], x[:5, :2], lonely, k=5)))
 
 
-def test_fe_keeping_term_is_logged_and_only_in_training(data):
+@pytest.mark.parametrize("weight, term", [("w_mix", "mix_loss"), ("w_keep", "keep_loss")])
+def test_fe_extra_term_is_logged_and_only_in_training(data, weight, term):
+    """The local-mixing (w_mix) and neighbour-keeping (w_keep) terms: logged, added to the training loss with
+    their weight, 0 on validation cells."""
     x, z = data
     plain = FixedEffectsAE(20, 3, hidden=(16, 8), latent_dim=4, seed=0)
-    keeping = FixedEffectsAE(20, 3, hidden=(16, 8), latent_dim=4, seed=0, w_keep=10.0)
-    for net in (plain, keeping):
+    extra = FixedEffectsAE(20, 3, hidden=(16, 8), latent_dim=4, seed=0, **{weight: 10.0})
+    for net in (plain, extra):
         net.build()
-    keeping.set_weights(plain.get_weights())
-    assert "keep_loss" in keeping.loss_names and "keep_loss" not in plain.loss_names
-    train, base = keeping.loss_terms((x, z), True), plain.loss_terms((x, z), True)
-    keep = float(train["keep_loss"])
-    assert keep > 0.0
-    assert float(train["loss"]) == pytest.approx(float(base["loss"]) + 10.0 * keep, rel=1e-5)
-    assert float(keeping.loss_terms((x, z), False)["keep_loss"]) == 0.0
-    # measured in a reference space when one is set: the projection changes the value
-    keeping.set_keep_reference(x.mean(0), np.eye(20, dtype="float32")[:, :2])
-    assert float(keeping.loss_terms((x, z), True)["keep_loss"]) != pytest.approx(keep, rel=1e-3)
+    extra.set_weights(plain.get_weights())
+    assert term in extra.loss_names and term not in plain.loss_names
+    train, base = extra.loss_terms((x, z), True), plain.loss_terms((x, z), True)
+    value = float(train[term])
+    assert value > 0.0
+    if term == "mix_loss":
+        assert value < 1.0                               # a fraction
+    # the batch-norm statistics in training mode are the same: only the extra term differs
+    assert float(train["loss"]) == pytest.approx(float(base["loss"]) + 10.0 * value, rel=1e-5)
+    assert float(extra.loss_terms((x, z), False)[term]) == 0.0
+    if term == "keep_loss":
+        # measured in a reference space when one is set: the projection changes the value
+        extra.set_keep_reference(x.mean(0), np.eye(20, dtype="float32")[:, :2])
+        assert float(extra.loss_terms((x, z), True)[term]) != pytest.approx(value, rel=1e-3)
 
 
 def test_adversary_loop_gives_the_unrolled_updates(data, monkeypatch):

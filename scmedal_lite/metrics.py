@@ -102,6 +102,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "METRICS",
+    "batch_variance_share",
     "format_table",
     "knn_same_batch_fraction",
     "scib_benchmark",
@@ -269,6 +270,35 @@ def within_batch_neighbours_kept(X, reference, batch, k: int = 15) -> float:
     if counted == 0:
         raise InputError("Every batch has a single cell: there are no within-batch neighbours to compare.")
     return float(kept / counted)
+
+
+def batch_variance_share(X, batch) -> float:
+    """Share of an embedding's total variance that its batches' means explain (the ``R²`` of every dimension
+    regressed on the batch, pooled over dimensions): 0 when every batch has the same mean, 1 when each batch is a
+    single point.
+
+    A label-free check of the linear batch effect an embedding keeps, the quantity behind scIB's
+    principal-component regression score (which weighs it per principal component). Batches that differ in
+    cell-type make-up keep some of it after a correct integration, so compare embeddings of the same cells.
+    Under no batch effect it is about ``(batches - 1) / (cells - 1)``.
+
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> x, batch = rng.normal(size=(1000, 3)), np.repeat([0, 1], 500)
+    >>> round(batch_variance_share(x, batch), 2), round(batch_variance_share(x + 4 * batch[:, None], batch), 2)
+    (0.0, 0.8)
+    """
+    X = _as_embedding(X).astype("float64")
+    codes = _codes(batch, "batch", X.shape[0])
+    centred = X - X.mean(axis=0)
+    counts = np.bincount(codes).astype("float64")
+    sums = np.zeros((counts.size, X.shape[1]))
+    np.add.at(sums, codes, centred)
+    between = float(np.sum(sums ** 2 / np.maximum(counts, 1.0)[:, None]))
+    total = float(np.sum(centred ** 2))
+    if total == 0.0:
+        raise InputError("The embedding is constant: it has no variance to attribute to batches.")
+    return between / total
 
 
 # ----------------------------------------------------------------------------------------------------------

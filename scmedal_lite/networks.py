@@ -88,6 +88,30 @@ def _soft_same_batch_fraction(latent, z, k: int):
     return ops.mean(ops.sum(weights * ops.matmul(z, ops.transpose(z)), axis=1))
 
 
+def _batch_means_share(latent, z):
+    """Share of a minibatch latent's variance that its batches' means explain: ``R²`` of every latent dimension
+    regressed on the batch (``z``: one-hot rows), pooled over dimensions, in ``[0, 1]``.
+
+    It is what a linear batch effect leaves behind, the quantity scIB's principal-component regression scores
+    (weighted by each component's variance). The adversary and the local-mixing term can both be satisfied by a
+    latent whose batches still sit a little apart along its widest directions; this term pulls each batch's mean
+    towards the minibatch's. With few cells per batch in a minibatch the batch means are noisy, so even a
+    latent with no batch effect scores about ``(batches - 1) / (cells - 1)``.
+
+    >>> import numpy as np
+    >>> lat = np.array([[0.0], [1.0], [0.0], [1.0]], "float32")
+    >>> shifted, mixed = np.eye(2, dtype="float32")[[0, 1, 0, 1]], np.eye(2, dtype="float32")[[0, 0, 1, 1]]
+    >>> [round(float(_batch_means_share(lat, z)), 2) for z in (shifted, mixed)]
+    [1.0, 0.0]
+    """
+    latent, z = _f32(latent), _f32(z)
+    centred = latent - ops.mean(latent, axis=0, keepdims=True)
+    counts = ops.sum(z, axis=0)
+    means = ops.matmul(ops.transpose(z), centred) / ops.maximum(counts, 1.0)[:, None]
+    between = ops.sum(counts[:, None] * ops.square(means))
+    return between / (ops.sum(ops.square(centred)) + 1e-6)
+
+
 def _neighbour_keeping_loss(x, latent, z, k: int):
     """How far a minibatch's latent moved each cell's within-batch neighbours: the mean KL divergence between
     each cell's soft neighbour distribution over the other cells *of its own batch* in the input ``x`` and the
@@ -371,6 +395,11 @@ class FixedEffectsAE(AutoEncoder):
     principal axes): a label-free guard against mixing that merges cell types whose batches hold them in
     different proportions. Logged as ``keep_loss`` (training only).
 
+    ``w_center`` (0 by default and in the paper) adds ``w_center·C``, where ``C`` is the share of the
+    minibatch latent's variance explained by its batches' means (:func:`_batch_means_share`): the linear batch
+    effect the adversary and the mixing term leave along the latent's widest directions. Logged as
+    ``center_loss`` (training only).
+
     Inputs are ``(x, z)`` or ``(x, z, y)``. Logged: ``loss`` (total), ``recon_loss``, ``adv_loss`` (the adversary's
     cross-entropy), ``adv_acc``, with the random-effects decoder ``kl``, and with a head ``class_loss`` and
     ``class_acc`` (separate metrics, unlike the paper's code).
@@ -385,7 +414,7 @@ class FixedEffectsAE(AutoEncoder):
     def __init__(self, n_genes, n_batches, hidden=(512, 132), latent_dim=50, n_labels=None, w_recon=1000.0,
                  w_gen=1.0, w_class=1.0, adversary_hidden=None, *, decoder="tied", adversary_input="all",
                  generator_loss="negative_ce", adversary_steps=1, stop_on="loss", w_mix=0.0, mix_neighbours=5,
-                 w_keep=0.0, seed=None, re_kwargs=None, **kwargs):
+                 w_keep=0.0, w_center=0.0, seed=None, re_kwargs=None, **kwargs):
         super().__init__(n_genes, hidden, latent_dim, n_labels=n_labels, w_recon=w_recon, w_class=w_class,
                          **kwargs)
         check_choice("decoder", decoder, self.DECODERS)
@@ -403,6 +432,9 @@ class FixedEffectsAE(AutoEncoder):
         if self.w_keep > 0:
             self.loss_names = self.loss_names + ("keep_loss",)
         self.keep_reference = None
+        self.w_center = float(w_center)
+        if self.w_center > 0:
+            self.loss_names = self.loss_names + ("center_loss",)
         if decoder == "random_effects":
             self.decoder = RandomEffectsTiedDecoder(self.encoder, n_genes, n_batches, seed=seed,
                                                     re_kwargs=re_kwargs, name="decoder")
@@ -488,6 +520,9 @@ class FixedEffectsAE(AutoEncoder):
             out["keep_loss"] = (_neighbour_keeping_loss(self._keep_space(x), acts[-1], z, self.mix_neighbours)
                                 if training else ops.zeros((), "float32"))
             total = total + self.w_keep * out["keep_loss"]
+        if self.w_center > 0:
+            out["center_loss"] = (_batch_means_share(acts[-1], z) if training else ops.zeros((), "float32"))
+            total = total + self.w_center * out["center_loss"]
         if self.classifier is not None:
             y_pred = self.classifier(acts[-1], training=training)
             out["class_loss"] = _cce(inputs[2], y_pred)

@@ -39,14 +39,15 @@ PRESETS: dict[str, dict] = {
     "default": {
         # w_mix: the local-mixing term (soft kNN same-batch fraction of the latent; book/method.md).
         # w_keep: the within-batch neighbour-keeping term, off by default (book/method.md, "Over-mixing").
-        "fe": {"w_recon": 1000.0, "w_gen": 1.0, "w_mix": W_MIX, "w_keep": 0.0},
+        # w_center: the batch-centring term (share of the latent's variance the batch means explain), off by default.
+        "fe": {"w_recon": 1000.0, "w_gen": 1.0, "w_mix": W_MIX, "w_keep": 0.0, "w_center": 0.0},
         # A batch-invariant latent and a decoder with the batch's random effects: counterfactuals decode the
         # FE latent in the target batch, and the adversary is one that mixing (not relabelling) defeats;
         # early stopping on the validation reconstruction, not on a total whose adversarial part only measures
         # the current adversary (book/method.md, "What the default changes").
         "fe_design": {"decoder": "random_effects", "adversary_input": "latent", "generator_loss": "confusion",
                       "adversary_steps": 5, "stop_on": "recon_loss", "mix_neighbours": 5},
-        "fec": {"w_recon": 2000.0, "w_gen": 1.0, "w_class": 1.0, "w_mix": W_MIX, "w_keep": 0.0},
+        "fec": {"w_recon": 2000.0, "w_gen": 1.0, "w_class": 1.0, "w_mix": W_MIX, "w_keep": 0.0, "w_center": 0.0},
         "re": {"w_recon": 110.0, "w_clus": 0.1},
         "schedule": {"learning_rate": 1e-3, "batch_size": 512, "max_epochs": None, "max_steps": 2000,
                      "min_epochs": 10, "patience": 10,

@@ -370,3 +370,31 @@ def test_within_batch_neighbours_kept_known_answers_and_errors():
         within_batch_neighbours_kept(ref[:10], ref, batch)
     lonely = np.array(["a"] * 299 + ["z"])
     assert within_batch_neighbours_kept(moved, ref, lonely) <= 1.0
+
+
+def test_batch_variance_share_known_answers_and_errors():
+    """The R² of the embedding on the batch: s²/4 / (1 + s²/4) for two equal batches of unit variance shifted
+    by s along one axis; unchanged by scaling; agrees with a least-squares regression on the batch; a constant
+    embedding and mismatched labels are named errors."""
+    from scmedal_lite.metrics import batch_variance_share
+    from scmedal_lite.validate import InputError
+
+    rng = np.random.default_rng(3)
+    batch = np.repeat(["a", "b"], 500)
+    noise = rng.normal(size=(1000, 1))
+    for b in ("a", "b"):                                  # exactly mean 0, variance 1 within each batch
+        noise[batch == b] = (noise[batch == b] - noise[batch == b].mean()) / noise[batch == b].std()
+    for s in (0.0, 2.0):
+        shifted = noise + s * (batch == "b")[:, None]
+        assert batch_variance_share(shifted, batch) == pytest.approx(s * s / 4 / (1 + s * s / 4), abs=1e-9)
+        assert batch_variance_share(7 * shifted - 2, batch) == pytest.approx(batch_variance_share(shifted, batch))
+    x = rng.normal(size=(300, 4)) + np.repeat(rng.normal(size=(3, 4)), 100, axis=0)
+    three = np.repeat(["p", "q", "r"], 100)
+    onehot = (three[:, None] == np.array(["p", "q", "r"])).astype(float)
+    fitted = onehot @ np.linalg.lstsq(onehot, x, rcond=None)[0]
+    r2 = 1 - np.sum((x - fitted) ** 2) / np.sum((x - x.mean(0)) ** 2)
+    assert batch_variance_share(x, three) == pytest.approx(r2, rel=1e-9)
+    with pytest.raises(InputError, match="constant"):
+        batch_variance_share(np.ones((10, 2)), ["a"] * 5 + ["b"] * 5)
+    with pytest.raises(InputError, match="entries"):
+        batch_variance_share(x, three[:10])

@@ -96,6 +96,29 @@ def test_neighbour_keeping_term_stops_mixing_from_merging_cell_types():
     assert knn["keeping"] < expected + 0.08, (knn, expected)     # correct mixing here: about 0.17
 
 
+def test_batch_centring_term_removes_the_linear_batch_effect_and_keeps_cell_types():
+    """Known answer: 30 batches with strong planted shifts and the same cell-type make-up, so a correct latent
+    keeps no batch means apart. Against the adversary alone (w_mix=0), which leaves some of the shifts, the
+    batch-centring term (w_center), same seed and budget, explains a far smaller share of the test cells'
+    latent variance by their batch (measured: 0.061 -> 0.012) and separates the cell types as well."""
+    adata = sm.datasets.synthetic(n_cells=3000, n_genes=60, n_batches=30, n_celltypes=3, batch_genes=20,
+                                  batch_effect=3.0, seed=1)
+    sm.pp.prepare(adata, batch_key="batch", n_top_genes=1000)
+    sm.pp.split_cells(adata, batch_key="batch", labels_key="celltype", fold=0)
+    test = (adata.obs["split"] == "test").to_numpy()
+    batch, cell_type = adata.obs["batch"].to_numpy()[test], adata.obs["celltype"].to_numpy()[test]
+    share, same_type = {}, {}
+    for name, fe in (("centring", {"w_mix": 0, "w_center": 30}), ("plain", {"w_mix": 0})):
+        model = sm.SCMEDAL(adata, "batch", "celltype", seed=0, fe=fe, **SMALL)
+        model.train(max_epochs=200, which=("fe",), progress=False)
+        assert ("center_loss" in model.history["fe"].columns) == (name == "centring")
+        z = model.get_latent("fe")[test]
+        share[name] = sm.metrics.batch_variance_share(z, batch)
+        same_type[name] = knn_same_batch_fraction(z, cell_type)[0]
+    assert share["centring"] < 0.5 * share["plain"], share
+    assert same_type["centring"] > 0.97 and same_type["plain"] > 0.97, same_type
+
+
 def span(model):
     """Width of the min-max scaling: outputs in log units are the networks' outputs times this."""
     return float(np.max(model.minmax["max"]) - np.min(model.minmax["min"]))

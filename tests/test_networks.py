@@ -10,6 +10,7 @@ from scmedal_lite.networks import (
     AutoEncoder,
     FixedEffectsAE,
     RandomEffectsAE,
+    _batch_means_share,
     _neighbour_keeping_loss,
     _soft_same_batch_fraction,
 )
@@ -132,6 +133,27 @@ def test_soft_same_batch_fraction_tracks_the_knn_fraction():
         assert 0.0 <= float(_soft_same_batch_fraction(mixed[:n], z[:n], k=15)) <= 1.0
 
 
+def test_batch_means_share_is_the_variance_batches_explain():
+    """Known answers: the R² of the latent on the batch. Batches shifted apart by ``s`` along one axis of
+    unit-variance noise explain ``s²/4 / (1 + s²/4)`` of that axis (two equal batches); no shift explains only
+    the sampling noise of the batch means; it does not depend on the latent's scale or offset."""
+    rng = np.random.default_rng(2)
+    batch = np.repeat([0, 1], 2000)
+    z = np.eye(2, dtype="float32")[batch]
+    noise = rng.normal(size=(4000, 1))
+    for b in (0, 1):                                     # exactly mean 0 and variance 1 within each batch
+        noise[batch == b] = (noise[batch == b] - noise[batch == b].mean()) / noise[batch == b].std()
+    noise = noise.astype("float32")
+    for s in (0.0, 1.0, 4.0):
+        lat = noise + s * batch[:, None].astype("float32")
+        expected = (s * s / 4) / (1 + s * s / 4)
+        assert float(_batch_means_share(lat, z)) == pytest.approx(expected, abs=1e-4), s
+        assert float(_batch_means_share(10 * lat + 3, z)) == pytest.approx(float(_batch_means_share(lat, z)),
+                                                                           rel=1e-4)
+    two_dims = np.concatenate([noise, noise + 4.0 * batch[:, None]], axis=1)   # one of two dimensions shifted
+    assert 0.3 < float(_batch_means_share(two_dims, z)) < 0.8
+
+
 def test_neighbour_keeping_loss_sees_within_batch_neighbours_only():
     """Known answers: 0 when each batch's neighbourhoods are kept (any per-batch shift or global scaling), large
     when cells swap places within their batch; moving whole batches relative to each other costs nothing;
@@ -150,10 +172,11 @@ def test_neighbour_keeping_loss_sees_within_batch_neighbours_only():
     assert np.isfinite(float(_neighbour_keeping_loss(x[:5], x[:5, :2], lonely, k=5)))
 
 
-@pytest.mark.parametrize("weight, term", [("w_mix", "mix_loss"), ("w_keep", "keep_loss")])
+@pytest.mark.parametrize("weight, term", [("w_mix", "mix_loss"), ("w_keep", "keep_loss"),
+                                          ("w_center", "center_loss")])
 def test_fe_extra_term_is_logged_and_only_in_training(data, weight, term):
-    """The local-mixing (w_mix) and neighbour-keeping (w_keep) terms: logged, added to the training loss with
-    their weight, 0 on validation cells."""
+    """The local-mixing (w_mix), neighbour-keeping (w_keep) and batch-centring (w_center) terms: logged, added to
+    the training loss with their weight, 0 on validation cells."""
     x, z = data
     plain = FixedEffectsAE(20, 3, hidden=(16, 8), latent_dim=4, seed=0)
     extra = FixedEffectsAE(20, 3, hidden=(16, 8), latent_dim=4, seed=0, **{weight: 10.0})
@@ -164,7 +187,7 @@ def test_fe_extra_term_is_logged_and_only_in_training(data, weight, term):
     train, base = extra.loss_terms((x, z), True), plain.loss_terms((x, z), True)
     value = float(train[term])
     assert value > 0.0
-    if term == "mix_loss":
+    if term in ("mix_loss", "center_loss"):
         assert value < 1.0                               # a fraction
     # the batch-norm statistics in training mode are the same: only the extra term differs
     assert float(train["loss"]) == pytest.approx(float(base["loss"]) + 10.0 * value, rel=1e-5)

@@ -109,6 +109,7 @@ __all__ = [
     "score_embeddings",
     "subsample_indices",
     "summarize_folds",
+    "within_batch_neighbours_kept",
 ]
 
 #: Scores computed for both the batch and the cell-type labels.

@@ -43,17 +43,24 @@ def test_fe_mixes_batches_better_than_pca_and_re_separates_them(trained, synth):
     assert asw["re"] > asw["pca"] + 0.05 and asw["re"] > asw["fe"] + 0.1, asw
 
 
+def planted_batches(n_cells, n_batches):
+    """Synthetic cells with strong planted batch shifts (3 cell types in every batch), prepared and split:
+    (adata, test mask, test cells' batches, test cells' cell types)."""
+    adata = sm.datasets.synthetic(n_cells=n_cells, n_genes=60, n_batches=n_batches, n_celltypes=3,
+                                  batch_genes=20, batch_effect=3.0, seed=1)
+    sm.pp.prepare(adata, batch_key="batch", n_top_genes=1000)
+    sm.pp.split_cells(adata, batch_key="batch", labels_key="celltype", fold=0)
+    test = (adata.obs["split"] == "test").to_numpy()
+    batch, cell_type = adata.obs["batch"].to_numpy()[test], adata.obs["celltype"].to_numpy()[test]
+    return adata, test, batch, cell_type
+
+
 def test_local_mixing_term_mixes_planted_batches_and_keeps_cell_types():
     """Known answer: 8 batches with strong planted shifts, which the adversary alone leaves in each cell's
     neighbourhood. The default FE (with its local-mixing term) against the same FE without it (w_mix=0), same
     seed and budget: fewer same-batch neighbours among the test cells, close to the value under perfect
     mixing, and the cell types as well separated."""
-    adata = sm.datasets.synthetic(n_cells=1200, n_genes=60, n_batches=8, n_celltypes=3, batch_genes=20,
-                                  batch_effect=3.0, seed=1)
-    sm.pp.prepare(adata, batch_key="batch", n_top_genes=1000)
-    sm.pp.split_cells(adata, batch_key="batch", labels_key="celltype", fold=0)
-    test = (adata.obs["split"] == "test").to_numpy()
-    batch, cell_type = adata.obs["batch"].to_numpy()[test], adata.obs["celltype"].to_numpy()[test]
+    adata, test, batch, cell_type = planted_batches(n_cells=1200, n_batches=8)
     knn, same_type = {}, {}
     for name, fe in (("mixing", None), ("plain", {"w_mix": 0})):
         model = sm.SCMEDAL(adata, "batch", "celltype", seed=0, fe=fe, **SMALL)
@@ -101,12 +108,7 @@ def test_batch_centring_term_removes_the_linear_batch_effect_and_keeps_cell_type
     keeps no batch means apart. Against the adversary alone (w_mix=0), which leaves some of the shifts, the
     batch-centring term (w_center), same seed and budget, explains a far smaller share of the test cells'
     latent variance by their batch (measured: 0.061 -> 0.012) and separates the cell types as well."""
-    adata = sm.datasets.synthetic(n_cells=3000, n_genes=60, n_batches=30, n_celltypes=3, batch_genes=20,
-                                  batch_effect=3.0, seed=1)
-    sm.pp.prepare(adata, batch_key="batch", n_top_genes=1000)
-    sm.pp.split_cells(adata, batch_key="batch", labels_key="celltype", fold=0)
-    test = (adata.obs["split"] == "test").to_numpy()
-    batch, cell_type = adata.obs["batch"].to_numpy()[test], adata.obs["celltype"].to_numpy()[test]
+    adata, test, batch, cell_type = planted_batches(n_cells=3000, n_batches=30)
     share, same_type = {}, {}
     for name, fe in (("centring", {"w_mix": 0, "w_center": 30}), ("plain", {"w_mix": 0})):
         model = sm.SCMEDAL(adata, "batch", "celltype", seed=0, fe=fe, **SMALL)

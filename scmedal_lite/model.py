@@ -51,6 +51,7 @@ from .validate import (
     check_obs_key,
     check_setup,
     parse_fe_design,
+    parse_re_design,
     parse_settings,
 )
 
@@ -105,6 +106,28 @@ def principal_axes(rows, *, n_components: int = KEEP_COMPONENTS, max_cells: int 
     return pca.mean_.astype(np.float32), pca.components_.T.astype(np.float32)
 
 
+def gene_moments(rows, *, max_cells: int = KEEP_MAX_CELLS, seed: int = 0,
+                 chunk_size: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """Per-gene ``(mean, standard deviation)`` of ``rows`` (cells × genes, anything indexable by row positions),
+    over at most ``max_cells`` seeded cells, read ``chunk_size`` rows at a time.
+
+    >>> x = np.array([[0, 1], [2, 1]], "float32")
+    >>> [m.tolist() for m in gene_moments(x)]
+    [[1.0, 1.0], [1.0, 0.0]]
+    """
+    n = len(rows)
+    pick = np.arange(n) if n <= max_cells else np.sort(np.random.default_rng(seed).choice(n, max_cells, replace=False))
+    total = np.zeros(rows[pick[:1]].shape[1], np.float64)
+    squares = np.zeros_like(total)
+    for start in range(0, len(pick), chunk_size):
+        block = np.asarray(rows[pick[start:start + chunk_size]], dtype=np.float64)
+        total += block.sum(axis=0)
+        squares += np.square(block).sum(axis=0)
+    mean = total / len(pick)
+    std = np.sqrt(np.maximum(squares / len(pick) - np.square(mean), 0.0))
+    return mean.astype(np.float32), std.astype(np.float32)
+
+
 class SCMEDAL:
     """scMEDAL: a fixed-effects (batch-invariant) and a random-effects (batch-specific) autoencoder.
 
@@ -141,6 +164,11 @@ class SCMEDAL:
         be slower. Results differ slightly from float32.
     seed
         Seed of the validation hold-out and of the networks.
+    **overrides
+        Changes to the preset: ``fe``, ``fec``, ``re`` (loss weights), ``schedule``, ``fe_design``,
+        ``re_design`` (``{"output_init": "paper"}`` starts the RE output at unit variance as the authors did;
+        the default ``"data"`` starts it at the training data's per-gene mean and s.d.), ``hidden``,
+        ``latent_dim``. E.g. ``SCMEDAL(adata, "sample", fe={"w_keep": 100})``.
     """
 
     def __init__(self, adata: anndata.AnnData, batch_key: str, labels_key: str | None = None, *,
@@ -159,13 +187,14 @@ class SCMEDAL:
             raise InputError("fec=True needs labels_key (the cell-type column the FEC head predicts).")
         check_batches(adata, batch_key)
         settings = get_preset(preset)
-        unknown = set(overrides) - {"fe", "fe_design", "fec", "re", "schedule", "hidden", "latent_dim"}
+        unknown = set(overrides) - {"fe", "fe_design", "fec", "re", "re_design", "schedule", "hidden", "latent_dim"}
         if unknown:
-            raise InputError(f"Unknown settings {sorted(unknown)}; valid: fe, fe_design, fec, re, schedule, "
-                             "hidden, latent_dim.")
+            raise InputError(f"Unknown settings {sorted(unknown)}; valid: fe, fe_design, fec, re, re_design, "
+                             "schedule, hidden, latent_dim.")
         for part in ("fe", "fec", "re", "schedule"):
             settings[part].update(parse_settings(part, overrides.get(part), settings[part]))
         settings["fe_design"].update(parse_fe_design(overrides.get("fe_design")))
+        settings["re_design"].update(parse_re_design(overrides.get("re_design")))
         self.adata = adata
         self.batch_key, self.labels_key, self.layer = batch_key, labels_key, layer
         self.var_names = pd.Index(adata.var_names.astype(str))
@@ -175,7 +204,7 @@ class SCMEDAL:
             "precision": precision,
             "hidden": as_int_list("hidden", overrides.get("hidden", ARCHITECTURE["hidden"])),
             "latent_dim": as_int("latent_dim", overrides.get("latent_dim", ARCHITECTURE["latent_dim"]), minimum=1),
-            **{k: settings[k] for k in ("fe", "fe_design", "fec", "re", "schedule")},
+            **{k: settings[k] for k in ("fe", "fe_design", "fec", "re", "re_design", "schedule")},
         }
         self.train_mask, self.val_mask = self._split_masks(adata, split_key)
         batches = adata.obs[batch_key].astype(str).to_numpy()
@@ -371,6 +400,8 @@ class SCMEDAL:
         val = self._inputs(kind, self.adata, self.val_mask)
         if getattr(net, "w_keep", 0) > 0:
             net.set_keep_reference(*principal_axes(train[0], seed=settings.seed))
+        if getattr(net, "output_init", "paper") == "data":
+            net.set_output_moments(*gene_moments(train[0], seed=settings.seed))
         folder = os.path.join(checkpoint_dir, kind) if checkpoint_dir else None
         previous = self.networks.get(kind)
         self.networks[kind] = net          # usable from on_epoch_end while it trains

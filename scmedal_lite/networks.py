@@ -24,7 +24,7 @@ import tensorflow as tf
 from keras import layers, ops
 
 from .layers import ClusterScaleBias, TiedDenseTranspose
-from .presets import ARCHITECTURE, PAPER_FE_DESIGN
+from .presets import ARCHITECTURE, PAPER_FE_DESIGN, PAPER_RE_DESIGN
 from .validate import check_choice
 
 #: Learning rate of the optimisers ``compile`` creates when none is given (the paper's Adam 1e-4).
@@ -660,14 +660,16 @@ class RandomEffectsAE(_TrackedModel):
     paper, but the reported ``loss`` always matches the training objective's deterministic part.
     Inputs are ``(x, z)``; ``z`` may be a one-hot row, all zeros (prior mean: no random effect), or any
     convex combination of one-hot rows (e.g. the mean over known batches).
+    ``output_init``: ``"paper"`` (the output block's BatchNorm starts at scale 1, shift 0) or ``"data"`` (the
+    trainer calls :meth:`set_output_moments` with the training data's per-gene moments first).
     """
 
     loss_names = ("loss", "recon_loss", "batch_loss", "batch_acc", "kl")
 
     def __init__(self, n_genes, n_batches, hidden=(512, 132), latent_dim=50, w_recon=110.0, w_clus=0.1,
-                 double_selu=True, seed=None, re_kwargs=None, **kwargs):
+                 double_selu=True, seed=None, re_kwargs=None, output_init="paper", **kwargs):
         super().__init__(**kwargs)
-        self.n_genes, self.n_batches = n_genes, n_batches
+        self.n_genes, self.n_batches, self.output_init = n_genes, n_batches, output_init
         self.w_recon, self.w_clus = w_recon, w_clus
         self.encoder = RandomEffectsEncoder(n_batches, hidden, latent_dim, seed=seed, re_kwargs=re_kwargs,
                                             name="encoder")
@@ -683,6 +685,19 @@ class RandomEffectsAE(_TrackedModel):
         self.decoder.build([(None, self.latent_dim), z_shape])
         self.batch_head.build((None, self.latent_dim))
         self.built = True
+
+    def set_output_moments(self, mean, std):
+        """Start the output block's BatchNorm at the data's per-gene ``mean`` (its shift) and ``std`` (its
+        scale), so that the first reconstructions have the data's location and spread.
+
+        The paper's initialisation (scale 1, shift 0) gives every gene unit variance while the min-max scaled
+        data vary by about 0.1, so the reconstruction error starts near 1 and falls only as fast as Adam can
+        shrink the scale (~1e-3 per step): about 1,000 steps. ``output_init="data"`` (the default preset;
+        :meth:`SCMEDAL.train` calls this with the training cells' moments) removes that wait.
+        """
+        norm = self.decoder.csb[-1].norm
+        norm.gamma.assign(np.asarray(std, "float32").reshape(norm.gamma.shape))
+        norm.beta.assign(np.asarray(mean, "float32").reshape(norm.beta.shape))
 
     def encode(self, x, z, training=False, sample=None):
         return self.encoder([x, z], training=training, sample=sample)
@@ -734,8 +749,10 @@ def _random_effects(config, n_genes, n_batches, n_labels, seed):
     re_kwargs = {"prior_scale": ARCHITECTURE["prior_scale"], "kl_weight": ARCHITECTURE["kl_weight"],
                  "post_loc_init_scale": ARCHITECTURE["post_loc_init_scale"], "kl": config["kl"],
                  "scale_init": config["quirks"]}
+    design = {**PAPER_RE_DESIGN, **config.get("re_design", {})}     # saved before re_design: the paper's
     return RandomEffectsAE(n_genes, n_batches, double_selu=config["quirks"] == "faithful", seed=seed,
-                           re_kwargs=re_kwargs, name="scmedal_re", **_architecture(config), **config["re"])
+                           re_kwargs=re_kwargs, name="scmedal_re", **_architecture(config), **config["re"],
+                           **design)
 
 
 def _autoencoder(config, n_genes, n_batches, n_labels, seed):

@@ -392,6 +392,23 @@ def parse_fe_design(values) -> dict:
     return out
 
 
+def parse_re_design(values) -> dict:
+    """Check user overrides of the RE network's design (``output_init``: ``"paper"`` or ``"data"``)."""
+    from .presets import RE_DESIGN_CHOICES
+
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise InputError(f"re_design must be a dict with some of {list(RE_DESIGN_CHOICES)}, e.g. "
+                         f"{{'output_init': 'paper'}}; got {type(values).__name__}.")
+    unknown = sorted(set(values) - set(RE_DESIGN_CHOICES))
+    if unknown:
+        raise InputError(f"Unknown re_design settings {unknown}; valid: {list(RE_DESIGN_CHOICES)}.")
+    for key, value in values.items():
+        check_choice(f"re_design[{key!r}]", value, RE_DESIGN_CHOICES[key])
+    return dict(values)
+
+
 # ---------------------------------------------------------------------------------------------- saved models
 
 #: ``setup.json`` fields and their JSON types; :func:`check_setup` refuses anything else.

@@ -166,8 +166,8 @@ class SCMEDAL:
         Seed of the validation hold-out and of the networks.
     **overrides
         Changes to the preset: ``fe``, ``fec``, ``re`` (loss weights), ``schedule``, ``fe_design``,
-        ``re_design`` (``{"output_init": "paper"}`` starts the RE output at unit variance as the authors did;
-        the default ``"data"`` starts it at the training data's per-gene mean and s.d.), ``hidden``,
+        ``re_design`` (``{"output_init": "data"}`` starts the RE network's output at the training data's
+        per-gene mean and s.d. instead of the authors' unit variance, the default ``"paper"``), ``hidden``,
         ``latent_dim``. E.g. ``SCMEDAL(adata, "sample", fe={"w_keep": 100})``.
     """
 

@@ -692,8 +692,9 @@ class RandomEffectsAE(_TrackedModel):
 
         The paper's initialisation (scale 1, shift 0) gives every gene unit variance while the min-max scaled
         data vary by about 0.1, so the reconstruction error starts near 1 and falls only as fast as Adam can
-        shrink the scale (~1e-3 per step): about 1,000 steps. ``output_init="data"`` (the default preset;
-        :meth:`SCMEDAL.train` calls this with the training cells' moments) removes that wait.
+        shrink the scale (~1e-3 per step): about 1,000 steps. With ``output_init="data"`` (opt-in:
+        ``SCMEDAL(..., re_design={"output_init": "data"})``), :meth:`SCMEDAL.train` calls this with the training
+        cells' moments and removes that wait.
         """
         norm = self.decoder.csb[-1].norm
         norm.gamma.assign(np.asarray(std, "float32").reshape(norm.gamma.shape))

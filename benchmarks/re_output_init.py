@@ -1,19 +1,21 @@
 """The RE network's output initialisation: the authors' (BatchNorm scale 1, shift 0) against the default
 (the training data's per-gene mean and s.d.), same data, seed and budget, in one run.
 
-For each data set (the bundled COVID PBMC cells, and a seeded 2,000-cell subset of them as ``time_to_result``
-draws it) and each initialisation, the RE network alone is trained with the package defaults (2,000-step budget,
+For each data set (the bundled COVID PBMC cells; a seeded 2,000-cell subset of them as ``time_to_result``
+draws it; the human pancreas atlas subsample, batch = donor, when ``hormone2cell`` is installed) and each
+initialisation, the RE network alone is trained with the package defaults (2,000-step budget,
 early stopping on the validation loss), then scored on the test cells: reconstruction MSE (scaled units), the
 batch silhouette (ASW) and kNN same-batch fraction of the RE latent (higher: more batch-specific, the RE
 network's purpose), and the epoch at which the validation reconstruction first reached the authors'
 initialisation's final value.
 
-    .venv/bin/python benchmarks/re_output_init.py [--datasets covid covid2k] [--out benchmarks/results/re_output_init]
+    .venv/bin/python benchmarks/re_output_init.py [--datasets covid covid2k pancreas] [--merge]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import sys
@@ -30,32 +32,41 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from time_to_result import subset  # noqa: E402
 
-BATCH, LABELS = "sample_id", "celltype_coarse"
 INITS = ("paper", "data")
+#: Batch and cell-type columns per data set.
+KEYS = {"covid": ("sample_id", "celltype_coarse"), "covid2k": ("sample_id", "celltype_coarse"),
+        "pancreas": ("donor_id", "cell_type")}
 
 
 def load(name: str) -> anndata.AnnData:
+    batch, labels = KEYS[name]
+    if name == "pancreas":
+        adata = sm.datasets.pancreas()
+        sm.pp.prepare(adata, batch_key=batch)
+        sm.pp.split_cells(adata, batch_key=batch, labels_key=labels)
+        return adata
     full = sm.datasets.covid_pbmc()
     if name == "covid2k":
         with tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, "covid2k.h5ad")
             subset(full, 2000, path)
             full = anndata.read_h5ad(path)
-    sm.pp.prepare(full, batch_key=BATCH)
-    sm.pp.split_cells(full, batch_key=BATCH, labels_key=LABELS)
+    sm.pp.prepare(full, batch_key=batch)
+    sm.pp.split_cells(full, batch_key=batch, labels_key=labels)
     return full
 
 
-def run(adata: anndata.AnnData, init: str, seed: int) -> dict:
-    model = sm.SCMEDAL(adata, BATCH, LABELS, seed=seed, re_design={"output_init": init})
+def run(adata: anndata.AnnData, name: str, init: str, seed: int) -> dict:
+    batch, labels = KEYS[name]
+    model = sm.SCMEDAL(adata, batch, labels, seed=seed, re_design={"output_init": init})
     tic = time.perf_counter()
     model.train(which=("re",), progress=False)
     seconds = time.perf_counter() - tic
     history = model.history["re"]
     test = (adata.obs["split"] == "test").to_numpy()
     latent = model.get_latent("re", adata[test])
-    scores = sm.metrics.score_embeddings({"RE": latent}, adata.obs[BATCH].to_numpy()[test],
-                                         adata.obs[LABELS].to_numpy()[test], metrics=["asw", "knn_batch_fraction"],
+    scores = sm.metrics.score_embeddings({"RE": latent}, adata.obs[batch].to_numpy()[test],
+                                         adata.obs[labels].to_numpy()[test], metrics=["asw", "knn_batch_fraction"],
                                          seed=seed)
     pick = lambda metric, label: float(scores.query("metric == @metric and label == @label")["value"].iloc[0])  # noqa: E731
     recon = model.get_reconstruction("re", adata[test], scaled=True)
@@ -92,19 +103,25 @@ def report(result: dict) -> str:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--datasets", nargs="+", default=["covid", "covid2k"], choices=["covid", "covid2k"])
+    ap.add_argument("--datasets", nargs="+", default=["covid", "covid2k", "pancreas"], choices=list(KEYS))
+    ap.add_argument("--merge", action="store_true", help="keep the other data sets of an existing --out .json")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=os.path.join(HERE, "results", "re_output_init"))
     args = ap.parse_args()
     sm.settings.deterministic = True
     result = {"command": " ".join(["benchmarks/re_output_init.py", *sys.argv[1:]]), "seed": args.seed,
               "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "cells": {}, "datasets": {}}
+    if args.merge and os.path.exists(args.out + ".json"):
+        with open(args.out + ".json") as f:
+            old = json.load(f)
+        result["command"] = f"{old['command']}; then {result['command']}"
+        result["cells"], result["datasets"] = old["cells"], old["datasets"]
     for name in args.datasets:
         adata = load(name)
         result["cells"][name] = int(adata.n_obs)
         result["datasets"][name] = {}
         for init in INITS:
-            row = run(adata, init, args.seed)
+            row = run(adata, name, init, args.seed)
             result["datasets"][name][init] = row
             print(name, {k: v for k, v in row.items() if k != "val_recon"}, flush=True)
     write_json(args.out + ".json", result)

@@ -1,5 +1,6 @@
-"""The RE network's output initialisation: the authors' (BatchNorm scale 1, shift 0) against the default
-(the training data's per-gene mean and s.d.), same data, seed and budget, in one run.
+"""The RE network's output initialisation: the authors' (BatchNorm scale 1, shift 0, the default) against the
+opt-in ``re_design={"output_init": "data"}`` (the training data's per-gene mean and s.d.), same data, seed and
+budget.
 
 For each data set (the bundled COVID PBMC cells; a seeded 2,000-cell subset of them as ``time_to_result``
 draws it; the human pancreas atlas subsample, batch = donor, when ``hormone2cell`` is installed) and each
@@ -40,20 +41,15 @@ KEYS = {"covid": ("sample_id", "celltype_coarse"), "covid2k": ("sample_id", "cel
 
 def load(name: str) -> anndata.AnnData:
     batch, labels = KEYS[name]
-    if name == "pancreas":
-        adata = sm.datasets.pancreas()
-        sm.pp.prepare(adata, batch_key=batch)
-        sm.pp.split_cells(adata, batch_key=batch, labels_key=labels)
-        return adata
-    full = sm.datasets.covid_pbmc()
+    adata = sm.datasets.pancreas() if name == "pancreas" else sm.datasets.covid_pbmc()
     if name == "covid2k":
         with tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, "covid2k.h5ad")
-            subset(full, 2000, path)
-            full = anndata.read_h5ad(path)
-    sm.pp.prepare(full, batch_key=batch)
-    sm.pp.split_cells(full, batch_key=batch, labels_key=labels)
-    return full
+            subset(adata, 2000, path)
+            adata = anndata.read_h5ad(path)
+    sm.pp.prepare(adata, batch_key=batch)
+    sm.pp.split_cells(adata, batch_key=batch, labels_key=labels)
+    return adata
 
 
 def run(adata: anndata.AnnData, name: str, init: str, seed: int) -> dict:

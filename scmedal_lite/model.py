@@ -86,6 +86,11 @@ class UnseenBatchWarning(UserWarning):
 KEEP_COMPONENTS, KEEP_MAX_CELLS = 50, 20_000
 
 
+def _seeded_subsample(n: int, max_cells: int, seed: int) -> np.ndarray:
+    """Sorted positions of at most ``max_cells`` of ``n`` rows: all of them, or a seeded draw without replacement."""
+    return np.arange(n) if n <= max_cells else np.sort(np.random.default_rng(seed).choice(n, max_cells, replace=False))
+
+
 def principal_axes(rows, *, n_components: int = KEEP_COMPONENTS, max_cells: int = KEEP_MAX_CELLS,
                    seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """``(mean, components)`` of the first principal axes of ``rows`` (cells × genes, anything indexable by
@@ -98,9 +103,7 @@ def principal_axes(rows, *, n_components: int = KEEP_COMPONENTS, max_cells: int 
     """
     from sklearn.decomposition import PCA
 
-    n = len(rows)
-    pick = np.arange(n) if n <= max_cells else np.sort(np.random.default_rng(seed).choice(n, max_cells, replace=False))
-    x = np.asarray(rows[pick], dtype=np.float32)
+    x = np.asarray(rows[_seeded_subsample(len(rows), max_cells, seed)], dtype=np.float32)
     k = max(1, min(n_components, x.shape[0] - 1, x.shape[1]))
     pca = PCA(k, svd_solver="randomized" if k < min(x.shape) // 2 else "full", random_state=seed).fit(x)
     return pca.mean_.astype(np.float32), pca.components_.T.astype(np.float32)
@@ -115,8 +118,7 @@ def gene_moments(rows, *, max_cells: int = KEEP_MAX_CELLS, seed: int = 0,
     >>> [m.tolist() for m in gene_moments(x)]
     [[1.0, 1.0], [1.0, 0.0]]
     """
-    n = len(rows)
-    pick = np.arange(n) if n <= max_cells else np.sort(np.random.default_rng(seed).choice(n, max_cells, replace=False))
+    pick = _seeded_subsample(len(rows), max_cells, seed)
     total = np.zeros(rows[pick[:1]].shape[1], np.float64)
     squares = np.zeros_like(total)
     for start in range(0, len(pick), chunk_size):

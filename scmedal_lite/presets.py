@@ -54,7 +54,7 @@ PRESETS: dict[str, dict] = {
         "re": {"w_recon": 110.0, "w_clus": 0.1},
         # output_init "data" (opt-in) starts the output block's normalisation at the training data's per-gene
         # mean and s.d.: a lower reconstruction error at the same budget, but a less batch-specific latent on
-        # the full COVID data (book/method.md, "Where the RE network's output starts").
+        # the full COVID data and the pancreas atlas (book/method.md, "Where the RE network's output starts").
         "re_design": dict(PAPER_RE_DESIGN),
         "schedule": {"learning_rate": 1e-3, "batch_size": 512, "max_epochs": None, "max_steps": 2000,
                      "min_epochs": 10, "patience": 10,

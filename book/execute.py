@@ -31,11 +31,22 @@ from pathlib import Path
 import yaml
 from jupyter_cache import get_cache
 from jupyter_cache.executors.basic import ExecutionWorkerLocalMProc, ProcessData
+from jupyter_cache.executors.utils import single_nb_execution
+
+# Shared with `scmedal-lite run`: the longest chapter (its cross-validation trains a model per fold) starts first
+# after chapter 00, and a kernel may take minutes to start while another chapter trains on both CPUs.
+from scmedal_lite.cli import KERNEL_START_TIMEOUT, LONGEST
 
 ROOT = Path(__file__).resolve().parents[1]
-#: Started first after the first chapter: the longest (its cross-validation trains a model per fold) runs beside
-#: the others instead of after them (scmedal_lite.cli.LONGEST, for `scmedal-lite run`).
-LONGEST = ("04_classification",)
+
+
+class ChapterWorker(ExecutionWorkerLocalMProc):
+    """jupyter-cache's worker (each chapter in its own folder) with a kernel start-up timeout of minutes."""
+
+    @staticmethod
+    def execute(project_nb, data: ProcessData):
+        return single_nb_execution(project_nb.nb, cwd=str(Path(project_nb.uri).parent), timeout=data.timeout,
+                                   allow_errors=data.allow_errors, startup_timeout=KERNEL_START_TIMEOUT)
 
 
 def chapters() -> list[Path]:
@@ -61,7 +72,7 @@ def stale(cache, paths: list[Path]) -> list:
 
 def execute(cache, records, jobs: int, timeout: int) -> list[str]:
     """Run ``records`` (the first alone, then ``jobs`` at a time) into the cache; returns the failed paths."""
-    worker = ExecutionWorkerLocalMProc()
+    worker = ChapterWorker()
     first, rest = records[0], list(records[1:])
     if jobs > 1:
         rest.sort(key=lambda r: Path(r.uri).stem not in LONGEST)      # stable: the book's order otherwise

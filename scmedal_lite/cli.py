@@ -57,6 +57,9 @@ NOTEBOOKS = ("00_quickstart", "01_batch_suppression", "02_random_effects", "03_g
 #: With ``--jobs`` above 1, these start first once the model is trained: the longest notebook (its
 #: cross-validation trains a model per fold) runs beside the others instead of after them.
 LONGEST = ("04_classification",)
+#: Seconds a notebook's kernel may take to start (nbclient's default is 60). Two chapters at a time on 2 CPUs,
+#: one of them training, have kept a new kernel from answering within a minute; a slow start is not a failure.
+KERNEL_START_TIMEOUT = 600
 REQUIRED = ("results/scores.csv", "results/classification.csv", "adata.h5ad", "report/index.html")
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
@@ -285,7 +288,7 @@ def _run_notebook(checked, name, parameters, work, args, bars: bool) -> tuple[st
     try:
         pm.execute_notebook(src, dst, parameters=parameters, kernel_name="python3", cwd=nb_out,
                             progress_bar=bars and not args.quiet, log_output=bool(args.verbose),
-                            execution_timeout=args.timeout)
+                            execution_timeout=args.timeout, start_timeout=KERNEL_START_TIMEOUT)
     except pm.PapermillExecutionError as err:
         raise _RunFailed(f"notebook {name} failed: {err.ename}: {err.evalue} (the executed notebook is "
                          f"{dst}; fix the cause and rerun with --resume to continue, or without it to "

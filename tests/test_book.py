@@ -186,3 +186,22 @@ def test_internal_link_check_finds_broken_links(tmp_path):
     (tmp_path / "b.html").write_text('<h1 id="y">b</h1>')
     found = {(url, problem) for _, url, problem in internal_links(tmp_path)}
     assert found == {("b.html#x", "missing anchor"), ("missing.html", "missing file"), ("c.png", "missing file")}
+
+
+def test_chapter_kernels_may_start_slowly(monkeypatch):
+    """book/execute.py gives each chapter's kernel minutes to start (a chapter training on both CPUs once kept a
+    new kernel past nbclient's 60 s), and runs it in the chapter's own folder."""
+    import importlib.util
+    import types
+
+    spec = importlib.util.spec_from_file_location("book_execute", ROOT / "book" / "execute.py")
+    execute = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(execute)
+    seen = {}
+    monkeypatch.setattr(execute, "single_nb_execution", lambda nb, **kw: seen.update(kw, nb=nb) or "result")
+    chapter = types.SimpleNamespace(nb="the notebook", uri=str(ROOT / "notebooks" / "01_batch_suppression.ipynb"))
+    data = execute.ProcessData(1, chapter.uri, None, 3600, False)
+    assert execute.ChapterWorker.execute(chapter, data) == "result"
+    assert seen["startup_timeout"] == execute.KERNEL_START_TIMEOUT >= 300
+    assert seen["nb"] == "the notebook" and seen["timeout"] == 3600 and seen["allow_errors"] is False
+    assert seen["cwd"] == str(ROOT / "notebooks")

@@ -165,6 +165,7 @@ def fake_runner(fail_on=None, ran=None):
 
     def execute(src, dst, parameters, **kw):
         name = Path(src).stem
+        assert kw["start_timeout"] == cli.KERNEL_START_TIMEOUT >= 300, "a kernel may start slowly beside training"
         if ran is not None:
             ran.append(name)
         nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(f"# {name}\n**Question:** ...")])

@@ -48,8 +48,10 @@ log = logging.getLogger(__name__)
 QUICK_CELLS = 3000
 #: Epochs per network in quick mode (unless max_epochs is given).
 QUICK_EPOCHS = 8
-#: Networks the shared model trains: fixed effects, random effects and the plain autoencoder.
-SHARED_NETWORKS = ("fe", "re", "ae")
+#: Networks the shared model trains: fixed effects and random effects, which every chapter uses. The plain
+#: autoencoder is chapter 1's baseline only, so chapter 1 trains it (:func:`train_baseline_ae`): off the path
+#: that every other chapter waits on.
+SHARED_NETWORKS = ("fe", "re")
 #: Minimum cells a batch keeps when quick mode subsamples.
 MIN_BATCH_CELLS = 20
 DEFAULT_OUTPUT_DIR = "outputs"
@@ -319,7 +321,7 @@ def save_shared(model, adata: AnnData, p: Params, *, which=SHARED_NETWORKS, verb
 
 def get_model(adata: AnnData, p: Params, *, which=SHARED_NETWORKS, verbose: bool = True):
     """The shared scMEDAL model: loaded from ``p.model_dir`` when it holds one trained on the same data with
-    the same settings (:func:`load_shared`), else trained (FE, RE and the plain AE) and saved there
+    the same settings (:func:`load_shared`), else trained (FE and RE) and saved there
     (:func:`save_shared`). Without ``model_dir`` it is trained and kept in memory only."""
     from .model import SCMEDAL
 
@@ -332,6 +334,19 @@ def get_model(adata: AnnData, p: Params, *, which=SHARED_NETWORKS, verbose: bool
     if verbose:
         print(f"Trained {', '.join(k.upper() for k in which)} in {time.perf_counter() - start:.0f} s")
     save_shared(model, adata, p, which=which, verbose=verbose)
+    return model
+
+
+def train_baseline_ae(model, p: Params):
+    """Train the plain autoencoder (AE) on ``model``'s data unless it has one; returns ``model``.
+
+    The AE is a baseline for the FE latent (chapter 1), so it trains for at most as many epochs as FE ran
+    (:meth:`~scmedal_lite.SCMEDAL.train`) with the same seed. It trains in the chapter that uses it, not with
+    the shared model, and is not saved: the other chapters need not wait for it. The result is the same as
+    training it together with FE and RE.
+    """
+    if "ae" not in model.networks:
+        model.train(p.epochs, which=("ae",), seed=p.seed, progress=False)
     return model
 
 

@@ -145,3 +145,33 @@ def test_quickstart_calls_give_the_shared_model_fingerprint(tmp_path):
     assert tutorial.fingerprint(adata, p) == tutorial.fingerprint(tutorial.load_data(p), p)
     assert p.describe().loc["data_path", "value"] == os.path.join("..", "other.h5ad")
     assert str(tmp_path) not in p.describe().to_string()
+
+
+def test_fuzzy_neighbour_graph_is_scanpys_umap_graph():
+    """sm.pl.umap builds UMAP's neighbour graph in NumPy (scanpy's numba version compiles for ~8 s in every
+    kernel): on data without duplicate cells it equals scanpy's pp.neighbors graph; duplicates get weight 1."""
+    import warnings
+
+    import anndata
+    import scanpy as sc
+
+    rng = np.random.default_rng(3)
+    x = np.concatenate([rng.normal(size=(150, 10)), rng.normal(loc=2.0, size=(150, 10))]).astype("float32")
+    ref = anndata.AnnData(np.zeros((300, 1), "float32"), obsm={"X_emb": x})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sc.pp.neighbors(ref, n_neighbors=15, use_rep="X_emb", random_state=0)
+    distances, connectivities = sm.pl.fuzzy_neighbour_graph(x, 15)
+    assert connectivities.nnz == ref.obsp["connectivities"].nnz
+    assert abs(connectivities - ref.obsp["connectivities"]).max() < 1e-5
+    assert abs(distances - ref.obsp["distances"]).max() < 1e-5
+
+    x[1] = x[0]                                           # a duplicated cell: its twin is its nearest neighbour
+    _, c = sm.pl.fuzzy_neighbour_graph(x, 15)
+    assert c[0, 1] == pytest.approx(1.0) and c[0, 0] == 0 and c[1, 1] == 0
+    assert abs(c - c.T).max() < 1e-6 and c.max() <= 1.0
+    with pytest.raises(sm.InputError, match="n_neighbors"):
+        sm.pl.fuzzy_neighbour_graph(x[:5], 15)
+    xy = sm.pl.umap(x)
+    assert xy.shape == (300, 2) and np.isfinite(xy).all()
+    np.testing.assert_array_equal(xy, sm.pl.umap(x))     # same input, same layout

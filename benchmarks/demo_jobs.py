@@ -7,6 +7,10 @@ Recorded per run: the wall time, the seconds at which each chapter finished (fro
 lines), and whether the result tables (``outputs/book/*.csv``) are byte-identical to the first run's.
 
     .venv/bin/python benchmarks/demo_jobs.py [--jobs 1 2]     # about 25 minutes on 2 cores
+
+``--commits A B`` runs each of these commits instead of the last one (each with every ``--jobs`` value), one
+after the other in the same session, so that their times share the machine's load. The clone's own package is
+put first on ``PYTHONPATH`` (the linked environment's editable install points at this checkout).
 """
 
 from __future__ import annotations
@@ -31,8 +35,10 @@ from scmedal_lite.io import write_json, write_text  # noqa: E402
 OLD = 946684800          # 2000-01-01: the clone's install inputs look older than the linked environment's stamp
 
 
-def clone(dest: str) -> None:
+def clone(dest: str, commit: str | None = None) -> None:
     subprocess.run(["git", "clone", "-q", ROOT, dest], check=True)
+    if commit:
+        subprocess.run(["git", "checkout", "-q", commit], cwd=dest, check=True)
     os.symlink(os.path.join(ROOT, ".venv"), os.path.join(dest, ".venv"))
     for name in ("requirements.lock", "pyproject.toml"):
         os.utime(os.path.join(dest, name), (OLD, OLD))
@@ -42,11 +48,12 @@ def tables(folder: str) -> dict[str, bytes]:
     return {os.path.basename(p): open(p, "rb").read() for p in sorted(glob.glob(os.path.join(folder, "*.csv")))}
 
 
-def run_demo(jobs: int, tmp: str) -> tuple[dict, dict]:
-    repo = os.path.join(tmp, f"jobs{jobs}")
-    clone(repo)
+def run_demo(jobs: int, tmp: str, commit: str | None = None) -> tuple[dict, dict]:
+    repo = os.path.join(tmp, f"jobs{jobs}-{commit or 'head'}")
+    clone(repo, commit)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
     tic = time.perf_counter()
-    proc = subprocess.run(["make", "demo", f"JOBS={jobs}"], cwd=repo, capture_output=True, text=True)
+    proc = subprocess.run(["make", "demo", f"JOBS={jobs}"], cwd=repo, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - tic
     if proc.returncode != 0:
         raise RuntimeError(f"make demo JOBS={jobs} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
@@ -62,32 +69,34 @@ def report(result: dict) -> str:
     names = sorted({n for r in rows for n in r["chapter_finished_at_s"]})
     lines = ["# `make demo`: chapters one at a time and two at a time", "",
              f"Machine: {result['machine']['cpus']} CPUs ({result['machine']['processor']}), load average "
-             f"{result['machine']['load_average']}. Command: `{result['command']}` (commit "
-             f"{rows[0]['git_commit']}, a clean clone per run, install step skipped).", "",
-             "| JOBS | wall s | " + " | ".join(f"{n} done at (s)" for n in names) + " | result tables |",
-             "|---" * (3 + len(names)) + "|"]
+             f"{result['machine']['load_average']}. Command: `{result['command']}` (a clean clone per run, "
+             "install step skipped).", "",
+             "| commit | JOBS | wall s | " + " | ".join(f"{n} done at (s)" for n in names) + " | result tables |",
+             "|---" * (4 + len(names)) + "|"]
     for r in rows:
         same = r.get("tables_differing_from_first_run")
-        lines.append(f"| {r['jobs']} | {r['wall_seconds']} | "
+        lines.append(f"| {r['git_commit']} | {r['jobs']} | {r['wall_seconds']} | "
                      + " | ".join(str(r["chapter_finished_at_s"].get(n, "")) for n in names)
                      + f" | {'(reference)' if same is None else 'identical' if same == [] else same} |")
     if len(rows) > 1:
         base = rows[0]
-        lines += [""] + [f"- JOBS={r['jobs']}: {base['wall_seconds'] / r['wall_seconds']:.2f}x the speed of "
-                         f"JOBS={base['jobs']} ({base['wall_seconds']} s -> {r['wall_seconds']} s)" for r in rows[1:]]
+        lines += [""] + [f"- {r['git_commit']} JOBS={r['jobs']}: {base['wall_seconds'] / r['wall_seconds']:.2f}x "
+                         f"the speed of {base['git_commit']} JOBS={base['jobs']} ({base['wall_seconds']} s -> "
+                         f"{r['wall_seconds']} s)" for r in rows[1:]]
     return "\n".join(lines) + "\n"
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--jobs", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--commits", nargs="+", default=[None], help="commits to run (default: the last one)")
     ap.add_argument("--out", default=os.path.join(HERE, "results", "make_demo_jobs"))
     args = ap.parse_args()
     load = {"start": list(os.getloadavg())}
     rows, reference = [], None
     with tempfile.TemporaryDirectory() as tmp:
-        for jobs in args.jobs:
-            row, csv = run_demo(jobs, tmp)
+        for commit, jobs in [(c, j) for c in args.commits for j in args.jobs]:
+            row, csv = run_demo(jobs, tmp, commit)
             if reference is None:
                 reference = csv
             else:

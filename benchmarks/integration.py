@@ -1,8 +1,9 @@
 """Integration benchmark (issue 12): how well each method removes the batch and keeps the cell types.
 
 Methods: scMEDAL FE (package default), FE with the paper's weights (``preset="paper"``), FE with the opt-in
-neighbour-keeping term (``fe_keep``) and with it the batch-centring term (``fe_center``; ``FE_SETTINGS``), RE, AE, PCA,
-Harmony, Scanorama, and scVI / scANVI when scvi-tools is installed. Data: the COVID PBMC data (batch
+neighbour-keeping term (``fe_keep``) and with it the batch-centring term (``fe_center``; ``FE_SETTINGS``), FE
+with averaged weights (``fe_avg``) and with them the neighbour-keeping term (``fe_avg_keep``; ``FE_DESIGNS``), RE,
+AE, PCA, Harmony, Scanorama, and scVI / scANVI when scvi-tools is installed. Data: the COVID PBMC data (batch
 ``sample_id``, labels ``celltype_coarse``), the human pancreas atlas subsample (batch ``donor_id``, labels
 ``cell_type``; ``sm.datasets.pancreas()``), or any ``.h5ad`` (``--data``). Protocol: the package's recipe
 (``sm.pp.prepare``), the cell-level split of fold 0 (``sm.pp.split_cells``), every method fit on the same
@@ -53,6 +54,8 @@ METHODS = {
     "fe_paper": ("scMEDAL-FE (paper)", "network"),
     "fe_keep": ("scMEDAL-FE (w_keep=100)", "network"),
     "fe_center": ("scMEDAL-FE (w_keep=100, w_center=30)", "network"),
+    "fe_avg": ("scMEDAL-FE (weight_average=0.99)", "network"),
+    "fe_avg_keep": ("scMEDAL-FE (weight_average=0.99, w_keep=100)", "network"),
     "re": ("scMEDAL-RE", "network"),
     "ae": ("AE", "network"),
     "pca": ("PCA", "baseline"),
@@ -104,7 +107,10 @@ def _reset_peak() -> bool:
 # ---------------------------------------------------------------------------------------------- worker
 
 #: FE settings of the methods that switch on opt-in terms (book/method.md).
-FE_SETTINGS = {"fe_keep": {"w_keep": 100.0}, "fe_center": {"w_keep": 100.0, "w_center": 30.0}}
+FE_SETTINGS = {"fe_keep": {"w_keep": 100.0}, "fe_center": {"w_keep": 100.0, "w_center": 30.0},
+               "fe_avg_keep": {"w_keep": 100.0}}
+#: FE design settings of the methods that switch on opt-in designs (book/method.md, "Averaged weights").
+FE_DESIGNS = {"fe_avg": {"weight_average": 0.99}, "fe_avg_keep": {"weight_average": 0.99}}
 
 
 def _run_network(adata, key, spec, epochs, seed):
@@ -120,7 +126,8 @@ def _run_network(adata, key, spec, epochs, seed):
         note = f"max_epochs={epochs}: the default schedule's length"
     start = _begin()
     fe = FE_SETTINGS.get(key)                                      # the opt-in terms, when the key names them
-    model = sm.SCMEDAL(adata, spec["batch_key"], spec["labels_key"], preset=preset, seed=seed, fe=fe)
+    model = sm.SCMEDAL(adata, spec["batch_key"], spec["labels_key"], preset=preset, seed=seed, fe=fe,
+                       fe_design=FE_DESIGNS.get(key))
     model.train(max_epochs=epochs, which=(kind,), progress=False)
     emb = model.get_latent(kind)
     trained = model.trained[kind]

@@ -167,10 +167,12 @@ class SCMEDAL:
     seed
         Seed of the validation hold-out and of the networks.
     **overrides
-        Changes to the preset: ``fe``, ``fec``, ``re`` (loss weights), ``schedule``, ``fe_design``,
-        ``re_design`` (``{"output_init": "data"}`` starts the RE network's output at the training data's
-        per-gene mean and s.d. instead of the authors' unit variance, the default ``"paper"``), ``hidden``,
-        ``latent_dim``. E.g. ``SCMEDAL(adata, "sample", fe={"w_keep": 100})``.
+        Changes to the preset: ``fe``, ``fec``, ``re`` (loss weights), ``schedule``, ``fe_design`` (e.g.
+        ``{"weight_average": 0.99}``: the FE autoencoder's weights become their moving average at every
+        epoch's end; see :class:`~scmedal_lite.networks.FixedEffectsAE`), ``re_design``
+        (``{"output_init": "data"}`` starts the RE network's output at the training data's per-gene mean and
+        s.d. instead of the authors' unit variance, the default ``"paper"``), ``hidden``, ``latent_dim``.
+        E.g. ``SCMEDAL(adata, "sample", fe={"w_keep": 100})``.
     """
 
     def __init__(self, adata: anndata.AnnData, batch_key: str, labels_key: str | None = None, *,
@@ -397,6 +399,8 @@ class SCMEDAL:
         scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
         with scope:
             net = self._build(kind)
+            if getattr(net, "weight_average", 0) > 0:         # the average is written into the weights each epoch
+                net.average_every = max(1, math.ceil(int(self.train_mask.sum()) / settings.batch_size))
             net.compile(learning_rate=settings.learning_rate)      # builds its optimisers on its weights
         train = self._inputs(kind, self.adata, self.train_mask)
         val = self._inputs(kind, self.adata, self.val_mask)

@@ -400,6 +400,12 @@ class FixedEffectsAE(AutoEncoder):
     effect the adversary and the mixing term leave along the latent's widest directions. Logged as
     ``center_loss`` (training only).
 
+    ``weight_average`` (0 by default and in the paper; opt-in e.g. 0.99) keeps an exponential moving average of
+    the autoencoder's weights over its steps (momentum ``weight_average``) and, every ``average_every`` steps
+    (:meth:`scmedal_lite.SCMEDAL.train` sets one epoch), replaces the weights by it (Keras's optimizer EMA). So
+    validation, early stopping and the saved model see averaged weights. The adversary is not averaged: it keeps
+    up with an autoencoder that moves more slowly and more smoothly.
+
     Inputs are ``(x, z)`` or ``(x, z, y)``. Logged: ``loss`` (total), ``recon_loss``, ``adv_loss`` (the adversary's
     cross-entropy), ``adv_acc``, with the random-effects decoder ``kl``, and with a head ``class_loss`` and
     ``class_acc`` (separate metrics, unlike the paper's code).
@@ -414,7 +420,8 @@ class FixedEffectsAE(AutoEncoder):
     def __init__(self, n_genes, n_batches, hidden=(512, 132), latent_dim=50, n_labels=None, w_recon=1000.0,
                  w_gen=1.0, w_class=1.0, adversary_hidden=None, *, decoder="tied", adversary_input="all",
                  generator_loss="negative_ce", adversary_steps=1, stop_on="loss", w_mix=0.0, mix_neighbours=5,
-                 w_keep=0.0, w_center=0.0, seed=None, re_kwargs=None, **kwargs):
+                 w_keep=0.0, w_center=0.0, weight_average=0.0, average_every=None, seed=None, re_kwargs=None,
+                 **kwargs):
         super().__init__(n_genes, hidden, latent_dim, n_labels=n_labels, w_recon=w_recon, w_class=w_class,
                          **kwargs)
         check_choice("decoder", decoder, self.DECODERS)
@@ -432,6 +439,10 @@ class FixedEffectsAE(AutoEncoder):
         if self.w_keep > 0:
             self.loss_names = self.loss_names + ("keep_loss",)
         self.keep_reference = None
+        self.weight_average = float(weight_average)
+        if not 0 <= self.weight_average < 1:
+            raise ValueError(f"weight_average must be in [0, 1), got {weight_average!r}")
+        self.average_every = average_every
         self.w_center = float(w_center)
         if self.w_center > 0:
             self.loss_names = self.loss_names + ("center_loss",)
@@ -468,8 +479,15 @@ class FixedEffectsAE(AutoEncoder):
                 **kwargs):
         """Attach both optimisers (default ``Adam(learning_rate)`` each) and build each on its own weights:
         ``optimizer`` on the autoencoder's (every trainable weight but the adversary's), ``adv_optimizer`` on
-        the adversary's."""
-        if optimizer is None:
+        the adversary's. With ``weight_average`` the autoencoder's default optimiser also keeps the moving
+        average of its weights and writes it into them every ``average_every`` steps."""
+        if optimizer is None and self.weight_average > 0:
+            if not self.average_every:
+                raise ValueError("weight_average needs average_every (steps between the writes of the average "
+                                 "into the weights; SCMEDAL.train sets one epoch)")
+            optimizer = keras.optimizers.Adam(learning_rate, use_ema=True, ema_momentum=self.weight_average,
+                                              ema_overwrite_frequency=int(self.average_every))
+        elif optimizer is None:
             optimizer = keras.optimizers.Adam(learning_rate)
         self.adv_optimizer = adv_optimizer if adv_optimizer is not None else keras.optimizers.Adam(learning_rate)
         super().compile(optimizer, learning_rate=learning_rate, **kwargs)

@@ -20,7 +20,7 @@ from .validate import InputError
 
 #: The FE network's design (see :class:`scmedal_lite.networks.FixedEffectsAE`): the paper's, and the allowed values.
 PAPER_FE_DESIGN = {"decoder": "tied", "adversary_input": "all", "generator_loss": "negative_ce",
-                   "adversary_steps": 1, "stop_on": "loss"}
+                   "adversary_steps": 1, "stop_on": "loss", "weight_average": 0.0}
 FE_DESIGN_CHOICES = {"decoder": ("tied", "random_effects"), "adversary_input": ("all", "latent"),
                      "generator_loss": ("negative_ce", "confusion"), "stop_on": ("loss", "recon_loss")}
 #: The RE network's design (see :class:`scmedal_lite.networks.RandomEffectsAE`): the paper's, and the allowed values.
@@ -49,7 +49,10 @@ PRESETS: dict[str, dict] = {
         # early stopping on the validation reconstruction, not on a total whose adversarial part only measures
         # the current adversary (book/method.md, "What the default changes").
         "fe_design": {"decoder": "random_effects", "adversary_input": "latent", "generator_loss": "confusion",
-                      "adversary_steps": 5, "stop_on": "recon_loss", "mix_neighbours": 5},
+                      "adversary_steps": 5, "stop_on": "recon_loss", "mix_neighbours": 5,
+                      # weight_average > 0 (opt-in): at every epoch's end the autoencoder's weights become
+                      # their moving average over the steps (book/method.md, "Averaged weights").
+                      "weight_average": 0.0},
         "fec": {"w_recon": 2000.0, "w_gen": 1.0, "w_class": 1.0, "w_mix": W_MIX, "w_keep": 0.0, "w_center": 0.0},
         "re": {"w_recon": 110.0, "w_clus": 0.1},
         # output_init "data" (opt-in) starts the output block's normalisation at the training data's per-gene

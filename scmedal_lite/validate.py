@@ -370,13 +370,13 @@ def parse_settings(part: str, values, defaults: dict) -> dict:
 
 def parse_fe_design(values) -> dict:
     """Check user overrides of the FE network's design (``decoder``, ``adversary_input``, ``generator_loss``,
-    ``stop_on``: one of their choices; ``adversary_steps``, ``mix_neighbours``: an integer >= 1). Values may
-    be strings."""
+    ``stop_on``: one of their choices; ``adversary_steps``, ``mix_neighbours``: an integer >= 1;
+    ``weight_average``: a momentum in [0, 1), 0 for off). Values may be strings."""
     from .presets import FE_DESIGN_CHOICES
 
     if values is None:
         return {}
-    allowed = [*FE_DESIGN_CHOICES, "adversary_steps", "mix_neighbours"]
+    allowed = [*FE_DESIGN_CHOICES, "adversary_steps", "mix_neighbours", "weight_average"]
     if not isinstance(values, dict):
         raise InputError(f"fe_design must be a dict with some of {allowed}; got {type(values).__name__}.")
     unknown = sorted(set(values) - set(allowed))
@@ -386,6 +386,11 @@ def parse_fe_design(values) -> dict:
     for key, value in values.items():
         if key in ("adversary_steps", "mix_neighbours"):
             out[key] = as_int(f"fe_design[{key!r}]", value, minimum=1)
+        elif key == "weight_average":
+            out[key] = as_float(f"fe_design[{key!r}]", value, minimum=0.0)
+            if out[key] >= 1:
+                raise InputError(f"fe_design['weight_average'] must be below 1 (a moving average's momentum, "
+                                 f"e.g. 0.99; 0 turns it off); got {value!r}.")
         else:
             check_choice(f"fe_design[{key!r}]", value, FE_DESIGN_CHOICES[key])
             out[key] = value

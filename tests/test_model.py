@@ -363,3 +363,33 @@ def test_baseline_ae_trained_later_on_a_loaded_model_equals_ae_trained_with_fe(s
     weights = [w.copy() for w in later.networks["ae"].get_weights()]
     tutorial.train_baseline_ae(later, p)                     # has one: not trained again
     assert all(np.array_equal(a, b) for a, b in zip(weights, later.networks["ae"].get_weights()))
+
+
+def test_weight_average_writes_the_moving_average_into_the_fe_weights_each_epoch(synth):
+    """fe_design={"weight_average": m}: the FE autoencoder's optimiser keeps the moving average of its weights
+    and writes it into them at every epoch's end, so the trained weights are that average; the adversary's
+    optimiser and the default FE are plain Adam; bad momenta are refused with the fix."""
+    import math
+
+    def fit(**design):
+        model = sm.SCMEDAL(synth, "batch", "celltype", seed=0, fe_design=design, **SMALL)
+        return model.train(3, which=("fe",), early_stopping=False, progress=False)
+
+    model = fit(weight_average=0.9)
+    net = model.networks["fe"]
+    steps = math.ceil(int(model.train_mask.sum()) / 512)
+    assert net.optimizer.use_ema and net.optimizer.ema_momentum == 0.9
+    assert net.optimizer.ema_overwrite_frequency == net.average_every == steps
+    assert int(net.optimizer.iterations) == 3 * steps and not net.adv_optimizer.use_ema
+    averages = [np.asarray(v) for v in net.optimizer._model_variables_moving_average]
+    for weight, average in zip(net._ae_weights(), averages):
+        np.testing.assert_array_equal(np.asarray(weight), average)      # written at the last epoch's end
+    np.testing.assert_array_equal(fit(weight_average=0.9).get_latent("fe"), model.get_latent("fe"))
+    plain = fit()
+    assert not plain.networks["fe"].optimizer.use_ema
+    assert not np.allclose(plain.get_latent("fe"), model.get_latent("fe"), atol=1e-3)
+    assert sm.presets.PRESETS["paper"]["fe_design"]["weight_average"] == 0
+    assert sm.presets.PRESETS["default"]["fe_design"]["weight_average"] == 0
+    for bad, message in ((1.0, "below 1"), (-0.5, "weight_average"), ("x", "must be a number")):
+        with pytest.raises(sm.InputError, match=message):
+            sm.SCMEDAL(synth, "batch", "celltype", fe_design={"weight_average": bad})

@@ -75,7 +75,7 @@ def fuzzy_neighbour_graph(X, n_neighbors: int = 15):
     cell and σ solves ``Σ_j exp(−max(0, d_j − ρ)/σ) = log2(k)`` over its other k − 1 neighbours (bisection; σ at
     least 10⁻³ of its mean neighbour distance); the directed weights ``exp(−max(0, d − ρ)/σ)`` are then joined
     by the fuzzy union ``A + Aᵀ − A∘Aᵀ``. scanpy computes the same graph with numba, which compiles for about
-    8 s in every new process (every notebook kernel); this takes milliseconds for thousands of cells.
+    6 s in every new process (every notebook kernel); this takes milliseconds for thousands of cells.
 
     >>> d, c = fuzzy_neighbour_graph(np.random.default_rng(0).normal(size=(100, 5)), 15)
     >>> d.shape, bool(abs(c - c.T).max() < 1e-6), bool(c.max() <= 1)

@@ -92,3 +92,25 @@ def test_bad_input_is_named(kwargs, match):
     args = {"obsm_keys": ["X_mixed"], "batch_key": "donor", "labels_key": "cell_type"} | kwargs
     with pytest.raises(ValueError, match=match):
         metrics.scib_benchmark(planted(n_per=20), **args)
+
+
+
+def test_benchmarker_forces_no_full_collections_and_scores_are_unchanged(monkeypatch):
+    """scib-metrics' gc.collect() before every metric must not walk the whole heap of a notebook's process."""
+    pytest.importorskip("scib_metrics")
+    import gc
+
+    from scib_metrics.benchmark import _core
+
+    adata = planted(n_per=20)
+    keys = ["X_mixed", "X_separated"]
+    with monkeypatch.context() as m:
+        m.setattr(metrics, "_benchmarker_collections_skipped", __import__("contextlib").nullcontext)
+        forced = metrics.scib_benchmark(adata, keys, "donor", "cell_type")
+    calls = []
+    collect = gc.collect
+    monkeypatch.setattr(gc, "collect", lambda *a: calls.append(a) or collect(*a))
+    skipped = metrics.scib_benchmark(adata, keys, "donor", "cell_type")
+    assert calls == []
+    assert _core.gc is gc                                  # restored afterwards
+    pd.testing.assert_frame_equal(skipped, forced)

@@ -1,0 +1,106 @@
+"""What scib-metrics' forced garbage collections cost in a notebook's process.
+
+scib-metrics' Benchmarker calls ``gc.collect()`` before every metric of every embedding. In a process that has
+imported TensorFlow, scanpy and the data (every chapter's kernel), a full collection walks millions of objects.
+``sm.metrics.scib_benchmark`` now runs the Benchmarker with those calls skipped (Python's automatic collections
+still run).
+
+Each variant runs in a fresh process that imports TensorFlow and scanpy as a chapter does, alternating,
+``--rounds`` times: the first call of ``scib_benchmark`` (jax compiles its functions then) and a second call, on
+``--cells`` test cells drawn from the COVID PBMC data with three embeddings (50 and 20 principal components of
+the log-normalised cells, and Harmony's correction of the 50). The scores of both variants must be identical.
+Writes ``benchmarks/results/scib_gc.{json,md}``. Needs the ``[scib]`` extra.
+
+    .venv/bin/python benchmarks/scib_gc.py [--rounds 2] [--cells 1000]
+"""
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+VARIANTS = ("skipped", "forced")
+
+
+def measure(variant: str, n_cells: int) -> dict:
+    """One fresh-process measurement of ``variant`` (printed as JSON by ``--worker``)."""
+    import anndata
+    import numpy as np
+    import scanpy  # noqa: F401
+    import tensorflow  # noqa: F401  (a chapter's kernel has it loaded)
+
+    import scmedal_lite as sm
+    from scmedal_lite import baselines, metrics
+
+    if variant == "forced":                         # scib-metrics' own gc.collect() calls
+        metrics._benchmarker_collections_skipped = contextlib.nullcontext
+    adata = sm.datasets.covid_pbmc()
+    sm.pp.prepare(adata, batch_key="sample_id")
+    cells = adata[np.random.default_rng(0).choice(adata.n_obs, n_cells, replace=False)].copy()
+    scored = anndata.AnnData(obs=cells.obs[["sample_id", "celltype_coarse"]].copy())
+    scored.obsm["PCA"] = baselines.pca(cells, seed=0)
+    scored.obsm["PCA (20)"] = scored.obsm["PCA"][:, :20]
+    scored.obsm["Harmony"] = baselines.harmony(cells, batch_key="sample_id", seed=0)
+    times, tables = [], []
+    for _ in range(2):
+        tic = time.perf_counter()
+        tables.append(sm.metrics.scib_benchmark(scored, ["PCA", "PCA (20)", "Harmony"], "sample_id",
+                                                "celltype_coarse", pre_integrated_key="PCA", seed=0))
+        times.append(time.perf_counter() - tic)
+    return {"first_call_s": times[0], "second_call_s": times[1],
+            "totals": tables[0]["Total"].round(12).to_dict(), "same_both_calls": tables[0].equals(tables[1])}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--cells", type=int, default=1000)
+    ap.add_argument("--out", default=os.path.join(HERE, "results", "scib_gc"))
+    ap.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker:
+        print("RESULT " + json.dumps(measure(args.worker, args.cells)))
+        return
+    runs = {v: [] for v in VARIANTS}
+    load = {"start": [round(x, 2) for x in os.getloadavg()]}
+    for _ in range(args.rounds):
+        for variant in VARIANTS:
+            out = subprocess.run([sys.executable, __file__, "--worker", variant, "--cells", str(args.cells)],
+                                 capture_output=True, text=True, check=True).stdout
+            runs[variant].append(json.loads(next(line for line in out.splitlines()
+                                                 if line.startswith("RESULT "))[7:]))
+    load["end"] = [round(x, 2) for x in os.getloadavg()]
+    summary = {v: {"first_call_s_median": round(statistics.median(r["first_call_s"] for r in runs[v]), 1),
+                   "second_call_s_median": round(statistics.median(r["second_call_s"] for r in runs[v]), 1),
+                   "rounds": runs[v]} for v in VARIANTS}
+    same = all(r["totals"] == runs["forced"][0]["totals"] for v in VARIANTS for r in runs[v])
+    ratios = {k: round(summary["forced"][k] / summary["skipped"][k], 2)
+              for k in ("first_call_s_median", "second_call_s_median")}
+    command = f"python benchmarks/scib_gc.py --rounds {args.rounds} --cells {args.cells}"
+    result = {"command": command, "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                                              "load_average": load},
+              "variants": summary, "forced_over_skipped": ratios, "identical_scores": same}
+    with open(args.out + ".json", "w") as f:
+        json.dump(result, f, indent=1)
+    lines = ["# scIB benchmark in a notebook's process: scib-metrics' forced garbage collections", "",
+             f"Command: `{command}`; {os.cpu_count()} CPUs, load average {load}. Fresh process per measurement "
+             "(TensorFlow and scanpy imported, as in a chapter's kernel), variants alternating; medians over "
+             "rounds. Three embeddings of the same cells.", "",
+             "| variant | first call, s (jax compiles) | second call, s |", "|---|---|---|"]
+    for v in VARIANTS:
+        lines.append(f"| {v} | {summary[v]['first_call_s_median']} | {summary[v]['second_call_s_median']} |")
+    lines += ["", f"forced / skipped: first call {ratios['first_call_s_median']}x, second call "
+              f"{ratios['second_call_s_median']}x. Identical scores in every run: {same}."]
+    with open(args.out + ".md", "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

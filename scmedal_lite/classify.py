@@ -443,7 +443,8 @@ def _estimated_rows(model, a, fe, condition_key, options, seed, mec_seed, n_jobs
     """MEC rows of :data:`ESTIMATED`: the held-out batches' effects estimated by ``add_batches`` on their cells."""
     batches = a.obs[model.batch_key].astype(str)
     new = ~batches.isin(model.batch_categories).to_numpy()
-    options = {"seed": seed, "progress": False, **(options if isinstance(options, dict) else {})}
+    # only the RE latent is used here: the FE network's new effects (its decoder's) are not fitted
+    options = {"seed": seed, "progress": False, "which": ("re",), **(options if isinstance(options, dict) else {})}
     model.add_batches(a[new].copy(), **options)
     re = model.get_latent("re", a)
     masks = split_masks(a, require=("train", "test"))

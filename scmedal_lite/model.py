@@ -435,7 +435,7 @@ class SCMEDAL:
     # ------------------------------------------------------------------ new batches
     def add_batches(self, adata: anndata.AnnData, *, max_epochs: int | None = None, learning_rate: float = 1e-2,
                     batch_size: int = 512, patience: int | None = None, seed: int | None = None,
-                    progress: bool | None = None) -> SCMEDAL:
+                    progress: bool | None = None, which: Sequence[str] = ("fe", "re")) -> SCMEDAL:
         """Learn the random effects of ``adata``'s batches that the model does not know, from their cells.
 
         Every network whose layers depend on the batches is rebuilt for the known plus the new batches with
@@ -448,6 +448,12 @@ class SCMEDAL:
         without a better validation loss (default: :data:`NEW_BATCH_PATIENCE_STEPS` steps, at least 10 epochs).
         Afterwards the new batches are known: :meth:`get_latent` uses their effects (no
         :class:`UnseenBatchWarning`), they are valid counterfactual targets, and :meth:`save` keeps them.
+
+        ``which`` names the networks whose new effects are fitted (default both). A trained network left out is
+        still extended to the new batches, with no effect for them (the prior mean), and costs no fitting:
+        ``which=("re",)`` when only the RE latent of the new cells is wanted (the FE latent never reads the
+        batch; only the FE decoder, i.e. ``"fe"``-mode counterfactuals and FE reconstructions, would use the
+        effects it skips). Each network's fit is seeded on its own, so the RE fit is the same either way.
 
         ``adata`` must hold only new batches (a batch name the model knows is refused: rename it, or pass only
         the new cells). Returns ``self``.
@@ -469,6 +475,9 @@ class SCMEDAL:
             raise InputError(f"{len(known)} batches of this data are already known to the model, e.g. {known[:5]}; "
                              "add_batches learns batches the model has not seen. Pass only the new batches' cells, "
                              f"or rename them (e.g. adata.obs[{self.batch_key!r}] = 'new_' + ...).")
+        which = [which] if isinstance(which, str) else list(which)
+        for kind in which:
+            check_choice("which", kind, ("fe", "re"))
         trainable = [k for k in ("fe", "re") if k in self.networks]
         if not trainable:
             raise InputError("Train the model (model.train()) before adding batches.")
@@ -483,8 +492,8 @@ class SCMEDAL:
                 net = self._build(kind)
                 masks = extend_network(self.networks[kind], net, n_known)
                 rebuilt[kind] = net
-                if kind == "fe" and not net.has_random_effects:
-                    continue                                   # the paper's FE: no random effects to learn
+                if kind not in which or (kind == "fe" and not net.has_random_effects):
+                    continue                   # not asked for, or the paper's FE: no random effects to learn
                 fitter = NewBatchFitter(net, masks, n_known, name=f"new_batches_{kind}")
                 fitter.compile(learning_rate=as_float("learning_rate", learning_rate, minimum=0.0, exclusive=True))
                 histories[kind] = self._fit_new(fitter, kind, adata, max_epochs, batch_size, patience, seed,

@@ -97,3 +97,26 @@ def test_predict_rule_uses_the_batch_head(held_out):
     with pytest.warns(sm.UnseenBatchWarning):
         mean = model.get_latent("re", cells, unseen="mean")
     assert predicted.shape == mean.shape and not np.allclose(predicted, mean)
+
+
+def test_fitting_only_re_gives_the_same_re_and_leaves_fe_at_the_prior(held_out, tmp_path):
+    adata, reference, new, planted, model = held_out
+    path = model.save(str(tmp_path / "run"))
+    cells = new.copy()
+    cells.obs["batch"] = pd.Categorical(["later"] * cells.n_obs)
+    both = sm.SCMEDAL.load(path, reference).add_batches(cells, max_epochs=40, progress=False)
+    re_only = sm.SCMEDAL.load(path, reference).add_batches(cells, max_epochs=40, progress=False, which=("re",))
+    np.testing.assert_array_equal(re_only.get_latent("re", cells), both.get_latent("re", cells))
+    np.testing.assert_array_equal(re_only.get_latent("fe", cells), both.get_latent("fe", cells))
+    assert "later" in re_only.batch_categories
+    assert [a["batches"] for a in re_only.trained["fe"].get("added_batches", [])].count(["later"]) == 0
+    assert [a["batches"] for a in both.trained["fe"]["added_batches"]].count(["later"]) == 1
+    # the FE decoder's effects for the skipped batch stay at the prior mean: its reconstruction is the one
+    # without any batch effect, unlike the fitted model's
+    new_row = len(re_only.batch_categories) - 1
+    locs = [w for w in re_only.networks["fe"].weights if w.path.endswith("/loc")]
+    assert locs and all(np.all(keras.ops.convert_to_numpy(w)[new_row] == 0) for w in locs)
+    fitted = [w for w in both.networks["fe"].weights if w.path.endswith("/loc")]
+    assert any(np.any(keras.ops.convert_to_numpy(w)[new_row] != 0) for w in fitted)
+    with pytest.raises(sm.InputError, match="which"):
+        sm.SCMEDAL.load(path, reference).add_batches(cells, progress=False, which=("ae",))

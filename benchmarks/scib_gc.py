@@ -16,13 +16,11 @@ Writes ``benchmarks/results/scib_gc.{json,md}``. Needs the ``[scib]`` extra.
 
 import argparse
 import contextlib
-import json
 import os
-import platform
 import statistics
-import subprocess
-import sys
 import time
+
+from fresh_process import alternate, machine, report, write
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 VARIANTS = ("skipped", "forced")
@@ -65,16 +63,10 @@ def main(argv=None):
     ap.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
-        print("RESULT " + json.dumps(measure(args.worker, args.cells)))
+        report(measure(args.worker, args.cells))
         return
-    runs = {v: [] for v in VARIANTS}
     load = {"start": [round(x, 2) for x in os.getloadavg()]}
-    for _ in range(args.rounds):
-        for variant in VARIANTS:
-            out = subprocess.run([sys.executable, __file__, "--worker", variant, "--cells", str(args.cells)],
-                                 capture_output=True, text=True, check=True).stdout
-            runs[variant].append(json.loads(next(line for line in out.splitlines()
-                                                 if line.startswith("RESULT "))[7:]))
+    runs = alternate(__file__, VARIANTS, args.rounds, ["--cells", args.cells])
     load["end"] = [round(x, 2) for x in os.getloadavg()]
     summary = {v: {"first_call_s_median": round(statistics.median(r["first_call_s"] for r in runs[v]), 1),
                    "second_call_s_median": round(statistics.median(r["second_call_s"] for r in runs[v]), 1),
@@ -83,23 +75,16 @@ def main(argv=None):
     ratios = {k: round(summary["forced"][k] / summary["skipped"][k], 2)
               for k in ("first_call_s_median", "second_call_s_median")}
     command = f"python benchmarks/scib_gc.py --rounds {args.rounds} --cells {args.cells}"
-    result = {"command": command, "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                                              "load_average": load},
-              "variants": summary, "forced_over_skipped": ratios, "identical_scores": same}
-    with open(args.out + ".json", "w") as f:
-        json.dump(result, f, indent=1)
-    lines = ["# scIB benchmark in a notebook's process: scib-metrics' forced garbage collections", "",
-             f"Command: `{command}`; {os.cpu_count()} CPUs, load average {load}. Fresh process per measurement "
-             "(TensorFlow and scanpy imported, as in a chapter's kernel), variants alternating; medians over "
-             "rounds. Three embeddings of the same cells.", "",
-             "| variant | first call, s (jax compiles) | second call, s |", "|---|---|---|"]
-    for v in VARIANTS:
-        lines.append(f"| {v} | {summary[v]['first_call_s_median']} | {summary[v]['second_call_s_median']} |")
-    lines += ["", f"forced / skipped: first call {ratios['first_call_s_median']}x, second call "
-              f"{ratios['second_call_s_median']}x. Identical scores in every run: {same}."]
-    with open(args.out + ".md", "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    result = {"command": command, "machine": machine(load), "variants": summary, "forced_over_skipped": ratios,
+              "identical_scores": same}
+    write(args.out, result, "scIB benchmark in a notebook's process: scib-metrics' forced garbage collections",
+          f"Command: `{command}`; {os.cpu_count()} CPUs, load average {load}. Fresh process per measurement "
+          "(TensorFlow and scanpy imported, as in a chapter's kernel), variants alternating; medians over rounds. "
+          "Three embeddings of the same cells.",
+          ["variant", "first call, s (jax compiles)", "second call, s"],
+          [[v, summary[v]["first_call_s_median"], summary[v]["second_call_s_median"]] for v in VARIANTS],
+          f"forced / skipped: first call {ratios['first_call_s_median']}x, second call "
+          f"{ratios['second_call_s_median']}x. Identical scores in every run: {same}.")
 
 
 if __name__ == "__main__":

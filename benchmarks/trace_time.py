@@ -13,13 +13,11 @@ the median of the next 20 steps. Writes ``benchmarks/results/trace_time.{json,md
 """
 
 import argparse
-import json
 import os
-import platform
 import statistics
-import subprocess
-import sys
 import time
+
+from fresh_process import alternate, machine, report, write
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 VARIANTS = ("while_loop", "unrolled")
@@ -65,38 +63,24 @@ def main(argv=None):
     ap.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
-        print("RESULT " + json.dumps(measure(args.worker)))
+        report(measure(args.worker))
         return
-    runs = {v: [] for v in VARIANTS}
     load = {"start": list(os.getloadavg())}
-    for _ in range(args.rounds):
-        for variant in VARIANTS:
-            out = subprocess.run([sys.executable, __file__, "--worker", variant], capture_output=True, text=True,
-                                 check=True).stdout
-            runs[variant].append(json.loads(next(line for line in out.splitlines()
-                                                 if line.startswith("RESULT "))[7:]))
+    runs = alternate(__file__, VARIANTS, args.rounds)
     load["end"] = list(os.getloadavg())
     summary = {v: {"first_call_s_median": round(statistics.median(r["first_call_s"] for r in runs[v]), 2),
                    "step_ms_median": round(statistics.median(r["step_ms"] for r in runs[v]), 1),
                    "final_loss": runs[v][-1]["loss"], "rounds": runs[v]} for v in VARIANTS}
     ratio = summary["unrolled"]["first_call_s_median"] / summary["while_loop"]["first_call_s_median"]
-    result = {"command": f"python benchmarks/trace_time.py --rounds {args.rounds}",
-              "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "load_average": load},
+    result = {"command": f"python benchmarks/trace_time.py --rounds {args.rounds}", "machine": machine(load),
               "variants": summary, "first_call_unrolled_over_while_loop": round(ratio, 2),
               "same_loss": summary["unrolled"]["final_loss"] == summary["while_loop"]["final_loss"]}
-    with open(args.out + ".json", "w") as f:
-        json.dump(result, f, indent=1)
-    lines = ["# FE train step: tracing cost of the adversary loop", "",
-             f"Command: `{result['command']}`; {os.cpu_count()} CPUs, load average {load}. Fresh process per "
-             "measurement, variants alternating; medians over rounds.", "",
-             "| adversary updates | first call (trace + 1 step), s | step, ms (median of 20) |", "|---|---|---|"]
-    for v in VARIANTS:
-        lines.append(f"| {v} | {summary[v]['first_call_s_median']} | {summary[v]['step_ms_median']} |")
-    lines += ["", f"First call: unrolled / while_loop = {ratio:.2f}. Same final loss in both: "
-              f"{result['same_loss']}."]
-    with open(args.out + ".md", "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write(args.out, result, "FE train step: tracing cost of the adversary loop",
+          f"Command: `{result['command']}`; {os.cpu_count()} CPUs, load average {load}. Fresh process per "
+          "measurement, variants alternating; medians over rounds.",
+          ["adversary updates", "first call (trace + 1 step), s", "step, ms (median of 20)"],
+          [[v, summary[v]["first_call_s_median"], summary[v]["step_ms_median"]] for v in VARIANTS],
+          f"First call: unrolled / while_loop = {ratio:.2f}. Same final loss in both: {result['same_loss']}.")
 
 
 if __name__ == "__main__":

@@ -84,6 +84,26 @@ class UnseenBatchWarning(UserWarning):
 
 #: Principal axes that the FE network's neighbour-keeping term measures within-batch neighbourhoods in.
 KEEP_COMPONENTS, KEEP_MAX_CELLS = 50, 20_000
+#: The smallest minibatch :func:`fitted_batch_size` gives the RE network.
+MIN_FITTED_BATCH = 32
+
+
+def fitted_batch_size(n_train: int, batch_size: int, min_steps_per_epoch: int | None) -> int:
+    """The RE network's minibatch under the step budget: ``batch_size``, or the largest power of two (at least
+    ``MIN_FITTED_BATCH``) that gives an epoch at least ``min_steps_per_epoch`` optimisation steps.
+
+    A budget of optimisation steps spent in minibatches of half the data takes few steps per pass: on 1,028
+    training COVID cells, minibatches of 512 (3 steps an epoch) left RE's latent without batch structure after
+    its 2,000 steps. Uses the number of training cells only, no labels (book/method.md, "The RE network's
+    minibatch on small data").
+
+    >>> fitted_batch_size(18_320, 512, 8), fitted_batch_size(1_028, 512, 8), fitted_batch_size(1_028, 512, None)
+    (512, 128, 512)
+    """
+    if not min_steps_per_epoch or n_train >= batch_size * min_steps_per_epoch:
+        return int(batch_size)
+    fitted = 2 ** int(math.floor(math.log2(max(1.0, n_train / min_steps_per_epoch))))
+    return int(min(batch_size, max(MIN_FITTED_BATCH, fitted)))
 
 
 def _seeded_subsample(n: int, max_cells: int, seed: int) -> np.ndarray:
@@ -172,7 +192,8 @@ class SCMEDAL:
         epoch's end; see :class:`~scmedal_lite.networks.FixedEffectsAE`), ``re_design``
         (``{"output_init": "data"}`` starts the RE network's output at the training data's per-gene mean and
         s.d. instead of the authors' unit variance, the default ``"paper"``), ``hidden``, ``latent_dim``.
-        E.g. ``SCMEDAL(adata, "sample", fe={"w_keep": 100})``.
+        E.g. ``SCMEDAL(adata, "sample", fe={"w_keep": 100})``, or
+        ``schedule={"re_min_steps_per_epoch": None}`` to train RE in minibatches of 512 cells on any data.
     """
 
     def __init__(self, adata: anndata.AnnData, batch_key: str, labels_key: str | None = None, *,
@@ -197,6 +218,9 @@ class SCMEDAL:
                              "schedule, hidden, latent_dim.")
         for part in ("fe", "fec", "re", "schedule"):
             settings[part].update(parse_settings(part, overrides.get(part), settings[part]))
+        chosen = overrides.get("schedule") or {}
+        if "batch_size" in chosen and "re_min_steps_per_epoch" not in chosen:
+            settings["schedule"]["re_min_steps_per_epoch"] = None      # a batch size the user sets is used as is
         settings["fe_design"].update(parse_fe_design(overrides.get("fe_design")))
         settings["re_design"].update(parse_re_design(overrides.get("re_design")))
         self.adata = adata
@@ -343,7 +367,10 @@ class SCMEDAL:
         optimisation steps, whichever is longer (small data sets have few steps per epoch). ``faithful=True``
         reproduces the authors' code instead: FE and RE train all ``max_epochs`` and keep the final weights
         (their early stopping watched a metric that did not exist).
-        ``max_epochs=None`` takes the preset's budget (see :meth:`epochs_for`); the plain AE, a baseline for
+        ``max_epochs=None`` takes the preset's budget (see :meth:`epochs_for`) in minibatches of the
+        schedule's ``batch_size``; RE's shrink on small data until an epoch has at least the schedule's
+        ``re_min_steps_per_epoch`` steps (default 8, so below 4,096 training cells; :func:`fitted_batch_size`;
+        a ``batch_size`` given here or in ``schedule=`` is used as is); the plain AE, a baseline for
         FE, then trains at most as many epochs as this model's FE ran (the same optimisation steps: a fair
         comparison at no extra cost; before issue 13 it took the whole budget). With ``checkpoint_dir`` the
         state is saved after every epoch and an interrupted call resumes from it. ``strategy``: a
@@ -359,13 +386,15 @@ class SCMEDAL:
         if self.adata is None:
             raise InputError("This model was loaded without data; load it with SCMEDAL.load(path, adata) "
                              "to train it.")
-        settings = self._settings(max_epochs, batch_size, learning_rate, early_stopping, patience, seed)
         faithful, progress = as_bool("faithful", faithful), _progress(progress)
         which = [which] if isinstance(which, str) else list(which)
         for kind in which:
             check_choice("which", kind, NETWORKS)
         jit_compile = as_bool("jit_compile", jit_compile)
+        settings_of = {kind: self._settings(max_epochs, batch_size, learning_rate, early_stopping, patience, seed,
+                                            kind=kind) for kind in which}
         for kind in which:
+            settings = settings_of[kind]
             stops = settings.early_stopping and not (faithful and kind in ("fe", "re"))
             budget = settings.max_epochs
             if kind == "ae" and max_epochs is None and "fe" in self.trained:
@@ -375,14 +404,21 @@ class SCMEDAL:
                             jit_compile=jit_compile)
         return self
 
-    def _settings(self, max_epochs, batch_size, learning_rate, early_stopping, patience, seed) -> TrainSettings:
-        """The checked settings of :meth:`train`, with the preset's schedule filling what is not given."""
+    def _settings(self, max_epochs, batch_size, learning_rate, early_stopping, patience, seed, *,
+                  kind: str = "fe") -> TrainSettings:
+        """The checked settings of :meth:`train` for network ``kind``, with the preset's schedule filling what
+        is not given."""
         sched = self.config["schedule"]
-        batch_size = as_int("batch_size", sched["batch_size"] if batch_size is None else batch_size, minimum=1)
+        n_train = int(self.train_mask.sum())
+        step_budget = max_epochs is None and not sched.get("max_epochs")
+        if batch_size is None:
+            batch_size = as_int("batch_size", sched["batch_size"], minimum=1)
+            if kind == "re" and step_budget:            # RE: at least re_min_steps_per_epoch steps an epoch
+                batch_size = fitted_batch_size(n_train, batch_size, sched.get("re_min_steps_per_epoch"))
+        batch_size = as_int("batch_size", batch_size, minimum=1)
         lr = as_float("learning_rate", sched["learning_rate"] if learning_rate is None else learning_rate,
                       minimum=0.0, exclusive=True)
         early_stopping = as_bool("early_stopping", early_stopping)
-        n_train = int(self.train_mask.sum())
         if patience is None:
             steps_per_epoch = max(1, math.ceil(n_train / batch_size))
             patience = max(sched["patience"], math.ceil(sched.get("patience_steps", 0) / steps_per_epoch))

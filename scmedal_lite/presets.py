@@ -61,7 +61,11 @@ PRESETS: dict[str, dict] = {
         "re_design": dict(PAPER_RE_DESIGN),
         "schedule": {"learning_rate": 1e-3, "batch_size": 512, "max_epochs": None, "max_steps": 2000,
                      "min_epochs": 10, "patience": 10,
-                     "patience_steps": 400},
+                     "patience_steps": 400,
+                     # with the step budget, RE's minibatch shrinks (powers of two, >= 32) until an epoch
+                     # has at least this many steps: only below 4,096 training cells (book/method.md, "The
+                     # RE network's minibatch on small data"). None keeps batch_size on any data.
+                     "re_min_steps_per_epoch": 8},
         "description": "scmedal_lite default: paper's architecture and weights (AML), faster schedule.",
     },
     "paper": {

@@ -1,0 +1,65 @@
+"""The RE network's minibatch under the step budget on small data (``schedule["re_min_steps_per_epoch"]``)."""
+
+import numpy as np
+import pytest
+from sklearn.metrics import silhouette_score
+
+import scmedal_lite as sm
+from scmedal_lite.model import MIN_FITTED_BATCH, fitted_batch_size
+
+from conftest import SMALL
+
+
+def test_fitted_batch_size_gives_at_least_the_asked_steps_per_epoch():
+    assert fitted_batch_size(18_320, 512, 8) == 512                   # large data: unchanged
+    assert fitted_batch_size(4_096, 512, 8) == 512
+    assert fitted_batch_size(4_095, 512, 8) == 256
+    assert fitted_batch_size(1_028, 512, 8) == 128
+    assert fitted_batch_size(1_028, 512, None) == 512                 # the rule switched off
+    assert fitted_batch_size(100, 512, 8) == MIN_FITTED_BATCH         # never below the floor
+    for n in (300, 700, 1_028, 2_500, 4_095, 9_000):
+        b = fitted_batch_size(n, 512, 8)
+        assert b & (b - 1) == 0 and b <= 512                          # a power of two, at most the schedule's
+        assert b == MIN_FITTED_BATCH or np.ceil(n / b) >= 8, (n, b)
+
+
+def _batch(model, kind, max_epochs=None, batch_size=None):
+    return model._settings(max_epochs, batch_size, None, True, None, None, kind=kind).batch_size
+
+
+def test_only_re_under_the_step_budget_gets_the_fitted_minibatch(synth):
+    default = sm.SCMEDAL(synth, "batch", seed=0, **SMALL)
+    n_train = int(default.train_mask.sum())                          # 720 cells: 64 gives RE 12 steps an epoch
+    assert fitted_batch_size(n_train, 512, 8) == 64
+    assert _batch(default, "re") == 64
+    re = default._settings(None, None, None, True, None, None, kind="re")
+    assert re.max_epochs == default.epochs_for(n_train, 64)           # the same step budget, in more epochs
+    assert _batch(default, "fe") == _batch(default, "ae") == 512      # FE's mixing term works in minibatches of 512
+    # an epoch count, a batch size given to train() or in schedule=, and the paper's presets keep 512
+    assert _batch(default, "re", max_epochs=5) == 512
+    assert _batch(default, "re", batch_size=512) == 512
+    assert _batch(sm.SCMEDAL(synth, "batch", schedule={"batch_size": 256}), "re") == 256
+    assert _batch(sm.SCMEDAL(synth, "batch", preset="paper"), "re") == 512
+    assert _batch(sm.SCMEDAL(synth, "batch", schedule={"re_min_steps_per_epoch": None}), "re") == 512
+    with pytest.raises(sm.InputError, match="re_min_steps_per_epoch"):
+        sm.SCMEDAL(synth, "batch", schedule={"re_min_steps_per_epoch": 0})
+
+
+def test_same_step_budget_in_fitted_minibatches_gives_a_more_batch_specific_re(synth):
+    """Known answer: 4 planted batches, 720 training cells. 1,000 optimisation steps in minibatches of 512
+    (2 steps an epoch, 500 epochs) against the fitted 64 (12 steps an epoch, 84 epochs)."""
+    test = (synth.obs["split"] == "test").to_numpy()
+    batch = synth.obs["batch"].to_numpy()[test]
+    scores = {}
+    for name, sched in (("fitted", {}), ("512", {"re_min_steps_per_epoch": None})):
+        model = sm.SCMEDAL(synth, "batch", seed=0, schedule={"max_steps": 1000, **sched}, **SMALL)
+        model.train(which=("re",), progress=False)
+        assert model.trained["re"]["batch_size"] == (64 if name == "fitted" else 512)
+        x = model.scale(synth)[test]
+        recon = model.get_reconstruction("re", synth, scaled=True)[test]
+        scores[name] = {"batch_asw": silhouette_score(model.get_latent("re")[test], batch),
+                        "mse": float(np.mean((x - recon) ** 2)), "epochs": model.trained["re"]["epochs_run"]}
+    fitted, full = scores["fitted"], scores["512"]
+    assert fitted["batch_asw"] > full["batch_asw"] + 0.01, scores     # the latent keeps the batches better
+    assert fitted["mse"] <= 1.05 * full["mse"], scores                 # and reconstructs as well
+    assert fitted["epochs"] < full["epochs"] / 4, scores               # in far fewer passes over the data

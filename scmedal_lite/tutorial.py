@@ -351,9 +351,10 @@ def train_baseline_ae(model, p: Params):
 
 
 def training_table(model) -> pd.DataFrame:
-    """Epochs run, best epoch and seconds of each trained network."""
+    """Epochs run, best epoch, epoch budget, minibatch size and seconds of each trained network."""
     rows = {k.upper(): {"epochs run": v.get("epochs_run"), "best epoch": v.get("best_epoch"),
-                        "max epochs": v.get("max_epochs"), "seconds": round(float(v.get("seconds", 0)), 1)}
+                        "max epochs": v.get("max_epochs"), "minibatch": v.get("batch_size"),
+                        "seconds": round(float(v.get("seconds", 0)), 1)}
             for k, v in model.trained.items()}
     return pd.DataFrame(rows).T
 

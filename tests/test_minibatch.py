@@ -5,6 +5,7 @@ import pytest
 from sklearn.metrics import silhouette_score
 
 import scmedal_lite as sm
+from scmedal_lite import tutorial
 from scmedal_lite.model import MIN_FITTED_BATCH, fitted_batch_size
 
 from conftest import SMALL
@@ -55,6 +56,7 @@ def test_same_step_budget_in_fitted_minibatches_gives_a_more_batch_specific_re(s
         model = sm.SCMEDAL(synth, "batch", seed=0, schedule={"max_steps": 1000, **sched}, **SMALL)
         model.train(which=("re",), progress=False)
         assert model.trained["re"]["batch_size"] == (64 if name == "fitted" else 512)
+        assert tutorial.training_table(model).loc["RE", "minibatch"] == model.trained["re"]["batch_size"]
         x = model.scale(synth)[test]
         recon = model.get_reconstruction("re", synth, scaled=True)[test]
         scores[name] = {"batch_asw": silhouette_score(model.get_latent("re")[test], batch),

@@ -89,7 +89,8 @@ def main():
     df = pd.DataFrame(rows)
     meta = {"command": "python benchmarks/re_minibatch.py " + " ".join(
                 [f"--datasets {' '.join(args.datasets)}", f"--sizes {' '.join(args.sizes)}", f"--seed {args.seed}"]),
-            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "minutes": round((time.perf_counter() - tic) / 60, 1)}
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+            "minutes": round((time.perf_counter() - tic) / 60, 1)}
     write_json(args.out + ".json", {**meta, "rows": rows})
     cols = ["data", "minibatch", "fe_batch_size", "re_batch_size", "fe_epochs", "fe_seconds", "re_epochs",
             "re_best_epoch", "re_seconds", "fe_test_mse", "re_test_mse", "FE_knn_batch_fraction_batch",

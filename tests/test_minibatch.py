@@ -2,13 +2,12 @@
 
 import numpy as np
 import pytest
+from conftest import SMALL
 from sklearn.metrics import silhouette_score
 
 import scmedal_lite as sm
 from scmedal_lite import tutorial
 from scmedal_lite.model import MIN_FITTED_BATCH, fitted_batch_size
-
-from conftest import SMALL
 
 
 def test_fitted_batch_size_gives_at_least_the_asked_steps_per_epoch():

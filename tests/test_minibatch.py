@@ -2,12 +2,13 @@
 
 import numpy as np
 import pytest
-from conftest import SMALL
 from sklearn.metrics import silhouette_score
 
 import scmedal_lite as sm
 from scmedal_lite import tutorial
 from scmedal_lite.model import MIN_FITTED_BATCH, fitted_batch_size
+
+SMALL = dict(hidden=[64, 32], latent_dim=8)
 
 
 def test_fitted_batch_size_gives_at_least_the_asked_steps_per_epoch():

@@ -69,8 +69,9 @@ SETUP_FILE = "setup.json"
 #: Optimisation steps :meth:`SCMEDAL.add_batches` allows by default (few parameters, a high learning rate).
 NEW_BATCH_STEPS = 500
 #: Patience of that fit in optimisation steps (at least 10 epochs). Its validation loss bottoms out within about
-#: 100-250 steps on the COVID data (chapter 2: FE at step 102, RE at 222 of 500), so 100 more steps without a
-#: better loss ends it; the best weights are restored, so a longer patience gives the same result, later.
+#: 100-250 steps on the COVID data (chapter 2, minibatches of 512: FE at step 102, RE at 222 of 500), so 100 more
+#: steps without a better loss ends it; the best weights are restored, so a longer patience gives the same
+#: result, later.
 NEW_BATCH_PATIENCE_STEPS = 100
 #: Format of ``setup.json`` this version writes. Format 1 (scmedal_lite 0.1.0 before the redesign) named the
 #: fitted min-max values ``scaling``; format 2 names them ``minmax``. Both are read.
@@ -470,7 +471,7 @@ class SCMEDAL:
 
     # ------------------------------------------------------------------ new batches
     def add_batches(self, adata: anndata.AnnData, *, max_epochs: int | None = None, learning_rate: float = 1e-2,
-                    batch_size: int = 512, patience: int | None = None, seed: int | None = None,
+                    batch_size: int | None = None, patience: int | None = None, seed: int | None = None,
                     progress: bool | None = None, which: Sequence[str] = ("fe", "re")) -> SCMEDAL:
         """Learn the random effects of ``adata``'s batches that the model does not know, from their cells.
 
@@ -482,6 +483,8 @@ class SCMEDAL:
         10 % of each new batch's cells is held out for early stopping (all cells when a batch has fewer than 50):
         the fit runs at most :data:`NEW_BATCH_STEPS` steps (or ``max_epochs``) and stops after ``patience`` epochs
         without a better validation loss (default: :data:`NEW_BATCH_PATIENCE_STEPS` steps, at least 10 epochs).
+        Minibatches hold ``batch_size`` cells (default 512; under the step budget RE's shrink on few new cells,
+        as in :meth:`train`: :func:`fitted_batch_size`).
         Afterwards the new batches are known: :meth:`get_latent` uses their effects (no
         :class:`UnseenBatchWarning`), they are valid counterfactual targets, and :meth:`save` keeps them.
 
@@ -539,16 +542,17 @@ class SCMEDAL:
             raise
         self.networks.update(rebuilt)
         self.__dict__.pop("_fn_cache", None)
-        for kind, (history, best, seconds) in histories.items():
+        for kind, (history, best, seconds, batch_size_used) in histories.items():
             self.history[f"{kind}_new_batches"] = history
             self.trained[kind].setdefault("added_batches", []).append(
                 {"batches": new, "cells": int(adata.n_obs), "epochs_run": int(history.index[-1]),
-                 "best_epoch": best, "seconds": seconds, "seed": seed})
+                 "best_epoch": best, "seconds": seconds, "seed": seed, "batch_size": batch_size_used})
         log.info("added %d batches: %s", len(new), new[:5])
         return self
 
     def _fit_new(self, fitter, kind, adata, max_epochs, batch_size, patience, seed, progress):
-        """Fit ``fitter`` on ``adata``'s cells (train / a seeded 10 % per batch held out); (history, best, s)."""
+        """Fit ``fitter`` on ``adata``'s cells (train / a seeded 10 % per batch held out); (history, best, s,
+        minibatch size)."""
         batches = adata.obs[self.batch_key].astype(str).to_numpy()
         rng = np.random.default_rng(seed)
         val = np.zeros(adata.n_obs, bool)
@@ -560,6 +564,12 @@ class SCMEDAL:
         val = val if val.any() else train
         sources = {name: self._inputs("re", adata, mask) for name, mask in (("train", train), ("val", val))}
         n_train = int(train.sum())
+        if batch_size is None:
+            batch_size = self.config["schedule"]["batch_size"]
+            if kind == "re" and max_epochs is None:     # RE: at least re_min_steps_per_epoch steps an epoch
+                min_steps = self.config["schedule"].get("re_min_steps_per_epoch")
+                batch_size = fitted_batch_size(n_train, batch_size, min_steps)
+        batch_size = as_int("batch_size", batch_size, minimum=1)
         steps = max(1, math.ceil(n_train / batch_size))
         epochs = (as_int("max_epochs", max_epochs, minimum=1) if max_epochs is not None else
                   max(10, math.ceil(NEW_BATCH_STEPS / steps)))
@@ -568,7 +578,7 @@ class SCMEDAL:
         history, best = fit_network(fitter, sources["train"], sources["val"], epochs=epochs, batch_size=batch_size,
                                     seed=seed, patience=patience, progress=progress,
                                     label=f"{kind.upper()} new batches")
-        return history, best, time.perf_counter() - start
+        return history, best, time.perf_counter() - start, batch_size
 
     # ------------------------------------------------------------------ outputs
     def _net(self, kind):

@@ -65,3 +65,20 @@ def test_same_step_budget_in_fitted_minibatches_gives_a_more_batch_specific_re(s
     assert fitted["batch_asw"] > full["batch_asw"] + 0.01, scores     # the latent keeps the batches better
     assert fitted["mse"] <= 1.05 * full["mse"], scores                 # and reconstructs as well
     assert fitted["epochs"] < full["epochs"] / 4, scores               # in far fewer passes over the data
+
+
+def test_add_batches_fits_new_re_effects_in_the_fitted_minibatch(synth):
+    batches = synth.obs["batch"].astype(str)
+    last = sorted(batches.unique())[-1]
+    reference = synth[(batches != last).to_numpy()].copy()
+    new = synth[(batches == last).to_numpy()].copy()
+    new.obs["batch"] = ("new_" + new.obs["batch"].astype(str)).astype("category")
+    model = sm.SCMEDAL(reference, "batch", seed=0, **SMALL).train(max_epochs=3, progress=False)
+    model.add_batches(new, which=("re",), progress=False)
+    added = model.trained["re"]["added_batches"][-1]
+    n_fit = new.n_obs - new.n_obs // 10                          # a seeded 10 % of the new batch is held out
+    assert added["batch_size"] == fitted_batch_size(n_fit, 512, 8) < 512, (added, n_fit)
+    assert added["epochs_run"] <= int(np.ceil(500 / np.ceil(n_fit / added["batch_size"])))   # the 500-step budget
+    again = sm.SCMEDAL(reference, "batch", seed=0, **SMALL).train(max_epochs=3, progress=False)
+    again.add_batches(new, which=("re",), max_epochs=2, progress=False)          # an epoch count: 512 as before
+    assert again.trained["re"]["added_batches"][-1]["batch_size"] == 512

@@ -24,6 +24,7 @@ import time
 
 import numpy as np
 import pandas as pd
+from time_to_result import draw  # the same seeded draw as the time-to-result benchmark
 
 import scmedal_lite as sm
 from scmedal_lite.io import write_json, write_text
@@ -35,13 +36,7 @@ OUT = os.path.join(HERE, "results", "re_minibatch")
 def load(name):
     """(prepared and split AnnData, batch key, labels key) of a data set."""
     if name == "covid2k":
-        full = sm.datasets.covid_pbmc()
-        bk, lk = "sample_id", "celltype_coarse"
-        idx = np.sort(np.random.default_rng(0).choice(full.n_obs, size=2000, replace=False))
-        adata = full[idx].copy()
-        counts = adata.obs[bk].value_counts()
-        adata = adata[adata.obs[bk].isin(counts.index[counts >= 20])].copy()
-        adata.obs[bk] = adata.obs[bk].astype(str).astype("category")
+        adata, bk, lk = draw(sm.datasets.covid_pbmc(), 2000), "sample_id", "celltype_coarse"
     else:
         adata, bk, lk = sm.datasets.pancreas(), "donor_id", "cell_type"
     sm.pp.prepare(adata, batch_key=bk)

@@ -43,13 +43,19 @@ ROOT = os.path.dirname(HERE)
 KEYS = ["--batch-key", "sample_id", "--labels-key", "celltype_coarse", "--condition-key", "cond_group"]
 
 
-def subset(full, n, path, seed=0):
-    """Write ``n`` seeded random cells (raw counts; batches with < 20 of them dropped) to ``path``."""
+def draw(full, n, seed=0):
+    """``n`` seeded random cells of ``full`` (raw counts), batches with < 20 of them dropped, as a user would."""
     idx = np.sort(np.random.default_rng(seed).choice(full.n_obs, size=min(n, full.n_obs), replace=False))
     adata = full[idx].copy()
     counts = adata.obs["sample_id"].value_counts()
     adata = adata[adata.obs["sample_id"].isin(counts.index[counts >= 20])].copy()
     adata.obs["sample_id"] = adata.obs["sample_id"].astype(str).astype("category")
+    return adata
+
+
+def subset(full, n, path, seed=0):
+    """Write :func:`draw`'s cells to ``path``; (cells, batches)."""
+    adata = draw(full, n, seed)
     adata.write_h5ad(path)
     return adata.n_obs, adata.obs["sample_id"].nunique()
 

@@ -412,11 +412,7 @@ class SCMEDAL:
         sched = self.config["schedule"]
         n_train = int(self.train_mask.sum())
         step_budget = max_epochs is None and not sched.get("max_epochs")
-        if batch_size is None:
-            batch_size = as_int("batch_size", sched["batch_size"], minimum=1)
-            if kind == "re" and step_budget:            # RE: at least re_min_steps_per_epoch steps an epoch
-                batch_size = fitted_batch_size(n_train, batch_size, sched.get("re_min_steps_per_epoch"))
-        batch_size = as_int("batch_size", batch_size, minimum=1)
+        batch_size = self._minibatch(kind, n_train, batch_size, step_budget)
         lr = as_float("learning_rate", sched["learning_rate"] if learning_rate is None else learning_rate,
                       minimum=0.0, exclusive=True)
         early_stopping = as_bool("early_stopping", early_stopping)
@@ -429,6 +425,16 @@ class SCMEDAL:
                         minimum=1)
         return TrainSettings(max_epochs=epochs, batch_size=batch_size, learning_rate=lr,
                              early_stopping=early_stopping, patience=patience, seed=seed)
+
+    def _minibatch(self, kind: str, n_train: int, batch_size: int | None, step_budget: bool) -> int:
+        """``batch_size`` when given, else the schedule's; RE's fitted to ``n_train`` cells under a step budget
+        (:func:`fitted_batch_size`). Used by :meth:`train` and :meth:`add_batches`."""
+        if batch_size is None:
+            sched = self.config["schedule"]
+            batch_size = sched["batch_size"]
+            if kind == "re" and step_budget:
+                batch_size = fitted_batch_size(n_train, batch_size, sched.get("re_min_steps_per_epoch"))
+        return as_int("batch_size", batch_size, minimum=1)
 
     def _train_one(self, kind: str, settings: TrainSettings, *, progress: bool, checkpoint_dir: str | None,
                    strategy, on_epoch_end, jit_compile: bool) -> None:
@@ -564,12 +570,7 @@ class SCMEDAL:
         val = val if val.any() else train
         sources = {name: self._inputs("re", adata, mask) for name, mask in (("train", train), ("val", val))}
         n_train = int(train.sum())
-        if batch_size is None:
-            batch_size = self.config["schedule"]["batch_size"]
-            if kind == "re" and max_epochs is None:     # RE: at least re_min_steps_per_epoch steps an epoch
-                min_steps = self.config["schedule"].get("re_min_steps_per_epoch")
-                batch_size = fitted_batch_size(n_train, batch_size, min_steps)
-        batch_size = as_int("batch_size", batch_size, minimum=1)
+        batch_size = self._minibatch(kind, n_train, batch_size, step_budget=max_epochs is None)
         steps = max(1, math.ceil(n_train / batch_size))
         epochs = (as_int("max_epochs", max_epochs, minimum=1) if max_epochs is not None else
                   max(10, math.ceil(NEW_BATCH_STEPS / steps)))

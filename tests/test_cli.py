@@ -172,10 +172,13 @@ def fake_runner(fail_on=None, ran=None):
         nbformat.write(nb, dst)
         if name == fail_on:
             raise papermill.PapermillExecutionError(0, 1, "boom", "RuntimeError", "boom", [])
-        results = Path(kw["cwd"]) / parameters["output_dir"]          # relative to the kernel's folder
+        assert "cwd" not in kw, "papermill's cwd= changes the whole process's folder: racy with --jobs > 1"
+        kernel = Path(kw["resources"]["metadata"]["path"])
+        assert kernel.is_absolute()
+        results = kernel / parameters["output_dir"]          # relative to the kernel's folder
         if name == "00_quickstart":
             anndata.AnnData(np.zeros((3, 2), "float32")).write_h5ad(results / "adata.h5ad")
-            (Path(kw["cwd"]) / parameters["model_dir"] / "trained.txt").write_text("weights")
+            (kernel / parameters["model_dir"] / "trained.txt").write_text("weights")
         if name == "01_batch_suppression":
             pd.DataFrame({"embedding": ["FE"], "metric": ["asw"], "label": ["batch"], "value": [0.1]}).to_csv(
                 results / "scores.csv", index=False)
@@ -341,3 +344,48 @@ def test_quiet_verbose_and_version(data, tmp_path, monkeypatch, capsys):
         assert calls[0]["progress_bar"] is True
     finally:
         sm.settings.verbosity = saved
+
+
+def test_a_running_notebook_leaves_the_process_folder_alone(tmp_path, monkeypatch):
+    """Regression: papermill's ``cwd=`` moved the whole process into the kernels' folder while a notebook ran,
+    and back when it ended; with two notebooks at a time (--jobs 2) a kernel could start in the wrong folder and
+    write its results beside the input (a CI run lost classification.csv that way). The kernel must start in
+    ``work/notebooks`` while this process stays where it is."""
+    import threading
+    import time
+    from types import SimpleNamespace
+
+    nb_dir, work = tmp_path / "source", tmp_path / "work"
+    nb_dir.mkdir()
+    for sub in ("notebooks", "results", cli.STATE_DIR):
+        (work / sub).mkdir(parents=True)
+    params = nbformat.v4.new_code_cell("output_dir = None")
+    params.metadata["tags"] = ["parameters"]
+    body = nbformat.v4.new_code_cell("import os, time\n"
+                                     "open(os.path.join(output_dir, 'cwd.txt'), 'w').write(os.getcwd())\n"
+                                     "time.sleep(2)")
+    kernel = {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
+              "language_info": {"name": "python"}}
+    nbformat.write(nbformat.v4.new_notebook(cells=[params, body], metadata=kernel), nb_dir / "probe.ipynb")
+    here = tmp_path / "elsewhere"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    args = SimpleNamespace(quiet=True, verbose=False, timeout=300)
+    errors = []
+
+    def run():
+        try:
+            cli._run_notebook({"nb_dir": nb_dir}, "probe", {"output_dir": "../results"}, str(work), args, False)
+        except Exception as err:       # noqa: BLE001 - reported by the assertion below
+            errors.append(err)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    seen = set()
+    while thread.is_alive():
+        seen.add(os.getcwd())
+        time.sleep(0.05)
+    assert not errors, errors
+    assert seen == {str(here)}, f"the process moved to {seen - {str(here)}} while the notebook ran"
+    assert (work / "results" / "cwd.txt").read_text() == str(work / "notebooks")
+    assert cli._marker(str(work), "probe") is not None

@@ -32,9 +32,27 @@ def alternate(script: str, variants, rounds: int, args=()) -> dict:
     return runs
 
 
+def processor() -> str:
+    """The CPU model and its widest vector extension (``/proc/cpuinfo``; else ``platform.machine()``).
+
+    Recorded because results differ between processors: the same seed gives the same result on one machine,
+    but float round-off differs between AVX2 and AVX-512 kernels, and with it where early stopping ends.
+    """
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            info = f.read()
+    except OSError:
+        return platform.processor() or platform.machine()
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
+                 platform.machine())
+    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
+    widest = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+    return f"{model}, {widest}"
+
+
 def machine(load: dict) -> dict:
-    """CPU count, platform and the load averages given (e.g. at the start and the end)."""
-    return {"cpus": os.cpu_count(), "platform": platform.platform(), "load_average": load}
+    """CPU count, processor, platform and the load averages given (e.g. at the start and the end)."""
+    return {"cpus": os.cpu_count(), "processor": processor(), "platform": platform.platform(), "load_average": load}
 
 
 def write(out: str, result: dict, title: str, intro: str, columns: list[str], rows: list[list],

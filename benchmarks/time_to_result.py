@@ -34,6 +34,7 @@ import time
 import numpy as np
 import pandas as pd
 import psutil
+from fresh_process import processor
 
 import scmedal_lite as sm
 from scmedal_lite.io import write_json, write_text
@@ -212,8 +213,7 @@ def main():
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     load["end"] = list(os.getloadavg())
-    result = {"machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
-                          "load_average": load},
+    result = {"machine": {"cpus": os.cpu_count(), "processor": processor(), "load_average": load},
               "versions": {"scmedal_lite": sm.__version__, "python": platform.python_version()},
               "command": " ".join(["benchmarks/time_to_result.py", *sys.argv[1:]]), "rows": rows}
     write_json(args.out + ".json", result)

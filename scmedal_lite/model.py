@@ -460,7 +460,7 @@ class SCMEDAL:
                                         seed=settings.seed, early_stopping=settings.early_stopping,
                                         patience=settings.patience, progress=progress, label=kind.upper(),
                                         checkpoint_dir=folder, strategy=strategy, jit_compile=jit_compile,
-                                        monitor=net.monitor,
+                                        monitor=net.monitor, min_improvement=net.min_improvement,
                                         on_epoch_end=None if on_epoch_end is None else
                                         (lambda epoch, logs: on_epoch_end(kind, epoch, logs)))
         except BaseException:

@@ -262,6 +262,8 @@ class _TrackedModel(keras.Model):
     grad_scale: float = 1.0
     #: The validation log early stopping watches (:func:`scmedal_lite.training.fit_network`).
     monitor: str = "val_loss"
+    #: The fraction by which it must improve to reset the patience (:class:`scmedal_lite.training.EarlyStopper`).
+    min_improvement: float = 0.0
 
     def _init_trackers(self):
         self.trackers = {n: keras.metrics.Mean(name=n) for n in self.loss_names}
@@ -383,6 +385,9 @@ class FixedEffectsAE(AutoEncoder):
     - ``stop_on``: what early stopping watches on the validation cells (:attr:`monitor`): ``"loss"`` [paper],
       the total, or ``"recon_loss"``. The total's adversarial part scores the latent against the adversary of
       the moment, which is weak early on, so the total can favour an epoch before the batches were mixed.
+    - ``stop_min_improvement``: the fraction by which the watched loss must beat the last value that counted
+      to reset early stopping's patience [0: any new best]; the best weights restored are still the lowest
+      loss's (:class:`scmedal_lite.training.EarlyStopper`).
 
     ``w_mix`` (0 in the paper) adds ``w_mix·S`` to the autoencoder's training loss, where ``S`` is the soft kNN
     same-batch fraction of the minibatch's latents (:func:`_soft_same_batch_fraction`, ``mix_neighbours``
@@ -419,7 +424,8 @@ class FixedEffectsAE(AutoEncoder):
 
     def __init__(self, n_genes, n_batches, hidden=(512, 132), latent_dim=50, n_labels=None, w_recon=1000.0,
                  w_gen=1.0, w_class=1.0, adversary_hidden=None, *, decoder="tied", adversary_input="all",
-                 generator_loss="negative_ce", adversary_steps=1, stop_on="loss", w_mix=0.0, mix_neighbours=5,
+                 generator_loss="negative_ce", adversary_steps=1, stop_on="loss", stop_min_improvement=0.0,
+                 w_mix=0.0, mix_neighbours=5,
                  w_keep=0.0, w_center=0.0, weight_average=0.0, average_every=None, seed=None, re_kwargs=None,
                  **kwargs):
         super().__init__(n_genes, hidden, latent_dim, n_labels=n_labels, w_recon=w_recon, w_class=w_class,
@@ -429,6 +435,7 @@ class FixedEffectsAE(AutoEncoder):
         check_choice("generator_loss", generator_loss, self.GENERATOR_LOSSES)
         check_choice("stop_on", stop_on, self.STOP_ON)
         self.monitor = f"val_{stop_on}"
+        self.min_improvement = float(stop_min_improvement)
         self.n_batches, self.w_gen = n_batches, w_gen
         self.decoder_kind, self.adversary_input, self.generator_loss = decoder, adversary_input, generator_loss
         self.adversary_steps = int(adversary_steps)

@@ -112,6 +112,7 @@ class Checkpointer:
         write_npz(self._path(arrays_file), **arrays)
         write_json(self._path("state.json"), {"epochs_done": epoch, "history": history, "best": stopper.best,
                                               "best_epoch": stopper.best_epoch, "wait": stopper.wait,
+                                              "counted": stopper.counted,
                                               "weights": weights, "arrays": arrays_file}, indent=None)
         for name in os.listdir(self.folder):          # the previous epoch's pair, now superseded
             if name.startswith(("weights-", "state-")) and name not in (weights, arrays_file):
@@ -134,6 +135,7 @@ class Checkpointer:
             if f"rng_{j}" in saved:
                 var.assign(saved[f"rng_{j}"])
         stopper.best, stopper.best_epoch, stopper.wait = state["best"], state["best_epoch"], state["wait"]
+        stopper.counted = state.get("counted", stopper.best)
         best = [saved[f"best_{j}"] for j in range(len(self.net.weights)) if f"best_{j}" in saved]
         stopper.best_weights = best or None
         log.info("resumed from %s after %d epochs", self.folder, state["epochs_done"])
@@ -147,11 +149,25 @@ def _save_weights(net, path):
 
 
 class EarlyStopper:
-    """Stop when ``monitor`` has not improved for ``patience`` epochs; keep the best weights in memory."""
+    """Stop when ``monitor`` has not improved for ``patience`` epochs; keep the best weights in memory.
 
-    def __init__(self, patience: int, monitor: str = "val_loss", enabled: bool = True):
+    ``min_improvement`` (a fraction, 0 by default): only a value below ``(1 - min_improvement)`` times the last
+    counted value resets the patience; the best weights are still those of the lowest value seen. With 0 any
+    new best counts.
+
+    >>> stopper = EarlyStopper(patience=2, monitor="val_loss", enabled=False, min_improvement=0.01)
+    >>> [stopper.update(e, {"val_loss": v}, None) for e, v in enumerate([1.0, 0.995, 0.994], 1)]
+    [False, False, False]
+    >>> stopper.best_epoch, stopper.wait
+    (3, 2)
+    """
+
+    def __init__(self, patience: int, monitor: str = "val_loss", enabled: bool = True,
+                 min_improvement: float = 0.0):
         self.patience, self.monitor, self.enabled = patience, monitor, enabled
+        self.min_improvement = float(min_improvement)
         self.best, self.best_epoch, self.wait, self.best_weights = float("inf"), 0, 0, None
+        self.counted = float("inf")       # the last value that reset the patience
 
     def update(self, epoch: int, logs: dict, net: keras.Model) -> bool:
         """Record ``logs`` of ``epoch`` (1-based); returns True when training should stop."""
@@ -159,9 +175,12 @@ class EarlyStopper:
         if not np.isfinite(value):
             raise FloatingPointError(f"{self.monitor} became {value} at epoch {epoch}; lower the learning rate.")
         if value < self.best:
-            self.best, self.best_epoch, self.wait = float(value), epoch, 0
+            self.best, self.best_epoch = float(value), epoch
             if self.enabled:
                 self.best_weights = [keras.ops.convert_to_numpy(w).copy() for w in net.weights]
+        threshold = self.counted - self.min_improvement * abs(self.counted) if np.isfinite(self.counted) else np.inf
+        if value < threshold:
+            self.counted, self.wait = float(value), 0
             return False
         self.wait += 1
         return self.enabled and self.wait >= self.patience
@@ -250,7 +269,7 @@ def fit_network(net: keras.Model, train: Sequence, val: Sequence, *, epochs: int
                 seed: int = 0, early_stopping: bool = True, patience: int = 30, progress: bool = True,
                 label: str = "", checkpoint_dir: str | None = None, jit_compile: bool = False,
                 eval_batch_size: int = 2048, strategy=None, on_epoch_end=None,
-                monitor: str = "val_loss") -> tuple[pd.DataFrame, int]:
+                monitor: str = "val_loss", min_improvement: float = 0.0) -> tuple[pd.DataFrame, int]:
     """Train a compiled scmedal_lite network; returns (per-epoch history, best epoch).
 
     With ``strategy`` (a ``tf.distribute`` strategy whose scope built and compiled ``net``), every minibatch
@@ -261,12 +280,13 @@ def fit_network(net: keras.Model, train: Sequence, val: Sequence, *, epochs: int
     ``on_epoch_end(epoch, logs)`` is called after each epoch; returning True stops training.
     Epoch ``e`` shuffles with ``np.random.default_rng([seed, e])``. With ``early_stopping`` the best weights
     by ``monitor`` (a validation log, e.g. ``val_recon_loss``) are restored at the end; otherwise the final
-    weights are kept. Validation runs in chunks
+    weights are kept. ``min_improvement``: the fraction by which a value must beat the last one that counted
+    to reset the patience (:class:`EarlyStopper`). Validation runs in chunks
     of ``eval_batch_size`` cells: with training minibatches, these chunks (not the number of cells) set the
     working memory (8,192-cell chunks took about 300 MB more than 2,048-cell ones; benchmarks/scaling.py).
     """
     steps = _steps(net, strategy, jit_compile)
-    stopper = EarlyStopper(patience, monitor, enabled=early_stopping)
+    stopper = EarlyStopper(patience, monitor, enabled=early_stopping, min_improvement=min_improvement)
     ckpt = Checkpointer(checkpoint_dir, net) if checkpoint_dir else None
     start, history = ckpt.restore(stopper) if ckpt else (0, [])
     if stopper.enabled and stopper.wait >= stopper.patience:     # the checkpointed run had stopped early

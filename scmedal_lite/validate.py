@@ -371,12 +371,13 @@ def parse_settings(part: str, values, defaults: dict) -> dict:
 def parse_fe_design(values) -> dict:
     """Check user overrides of the FE network's design (``decoder``, ``adversary_input``, ``generator_loss``,
     ``stop_on``: one of their choices; ``adversary_steps``, ``mix_neighbours``: an integer >= 1;
-    ``weight_average``: a momentum in [0, 1), 0 for off). Values may be strings."""
+    ``weight_average``: a momentum in [0, 1), 0 for off; ``stop_min_improvement``: a fraction in [0, 1)).
+    Values may be strings."""
     from .presets import FE_DESIGN_CHOICES
 
     if values is None:
         return {}
-    allowed = [*FE_DESIGN_CHOICES, "adversary_steps", "mix_neighbours", "weight_average"]
+    allowed = [*FE_DESIGN_CHOICES, "adversary_steps", "mix_neighbours", "weight_average", "stop_min_improvement"]
     if not isinstance(values, dict):
         raise InputError(f"fe_design must be a dict with some of {allowed}; got {type(values).__name__}.")
     unknown = sorted(set(values) - set(allowed))
@@ -386,6 +387,11 @@ def parse_fe_design(values) -> dict:
     for key, value in values.items():
         if key in ("adversary_steps", "mix_neighbours"):
             out[key] = as_int(f"fe_design[{key!r}]", value, minimum=1)
+        elif key == "stop_min_improvement":
+            out[key] = as_float(f"fe_design[{key!r}]", value, minimum=0.0)
+            if out[key] >= 1:
+                raise InputError(f"fe_design['stop_min_improvement'] must be a fraction below 1 (e.g. 0.003 "
+                                 f"for 0.3 %; 0 counts any new best); got {value!r}.")
         elif key == "weight_average":
             out[key] = as_float(f"fe_design[{key!r}]", value, minimum=0.0)
             if out[key] >= 1:

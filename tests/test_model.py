@@ -257,6 +257,45 @@ def test_early_stopping_stops_and_restores_best(synth):
     assert float(val) == pytest.approx(hist["val_loss"].min(), rel=1e-3)
 
 
+def test_min_improvement_ends_a_plateau_of_tiny_new_bests_and_restores_the_lowest_loss():
+    """Known answer: after a real gain, new bests of 0.1 % each. With min_improvement 1 % they do not reset
+    the patience, so training stops 3 epochs after the last 1 % gain; the weights restored are still the
+    lowest loss's. Without it every new best resets the patience and the same losses never stop."""
+    import keras
+
+    from scmedal_lite.training import EarlyStopper
+
+    class Net:
+        def __init__(self):
+            self.weights = [keras.Variable(np.zeros(2, "float32"))]
+
+    losses = [1.0, 0.9, 0.8991, 0.8982, 0.8973, 0.8964]
+    for margin, stops_at in ((0.01, 5), (0.0, None)):
+        stopper, net, stopped = EarlyStopper(3, min_improvement=margin), Net(), None
+        for epoch, value in enumerate(losses, 1):
+            net.weights[0].assign(np.full(2, epoch, "float32"))
+            if stopper.update(epoch, {"val_loss": value}, net):
+                stopped = epoch
+                break
+        assert stopped == stops_at
+        assert stopper.best_epoch == (stops_at or len(losses))
+        stopper.restore_best(net)
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(net.weights[0]), np.full(2, stopper.best_epoch))
+
+
+def test_fe_stop_min_improvement_is_the_default_fe_design_and_checked(synth):
+    """The default FE resets its patience only on a 0.3 % gain; the paper's presets count any new best."""
+    assert sm.presets.PRESETS["default"]["fe_design"]["stop_min_improvement"] == 0.003
+    assert sm.presets.PRESETS["paper"]["fe_design"]["stop_min_improvement"] == 0
+    model = sm.SCMEDAL(synth, "batch", "celltype", **SMALL)
+    assert model._build("fe").min_improvement == 0.003 and model._build("re").min_improvement == 0
+    model = sm.SCMEDAL(synth, "batch", "celltype", fe_design={"stop_min_improvement": "0.05"}, **SMALL)
+    assert model._build("fe").min_improvement == 0.05
+    for bad, message in ((1.0, "below 1"), (-0.1, "stop_min_improvement"), ("x", "must be a number")):
+        with pytest.raises(sm.InputError, match=message):
+            sm.SCMEDAL(synth, "batch", "celltype", fe_design={"stop_min_improvement": bad})
+
+
 def test_gene_moments_match_numpy_over_chunks_and_subsample():
     x = np.random.default_rng(0).normal(2.0, 3.0, size=(1000, 7)).astype("float32")
     mean, std = gene_moments(x, chunk_size=64)

@@ -19,11 +19,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 
 import numpy as np
 import pandas as pd
+from fresh_process import processor
 from time_to_result import draw  # the same seeded draw as the time-to-result benchmark
 
 import scmedal_lite as sm
@@ -84,7 +84,7 @@ def main():
     df = pd.DataFrame(rows)
     meta = {"command": "python benchmarks/re_minibatch.py " + " ".join(
                 [f"--datasets {' '.join(args.datasets)}", f"--sizes {' '.join(args.sizes)}", f"--seed {args.seed}"]),
-            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+            "machine": f"{processor()}, {os.cpu_count()} CPUs",
             "minutes": round((time.perf_counter() - tic) / 60, 1)}
     write_json(args.out + ".json", {**meta, "rows": rows})
     cols = ["data", "minibatch", "fe_batch_size", "re_batch_size", "fe_epochs", "fe_seconds", "re_epochs",

@@ -290,7 +290,7 @@ def _run_notebook(checked, name, parameters, work, args, bars: bool) -> tuple[st
         # working folder of this whole process for the run, so with --jobs > 1 a notebook that ends puts it back
         # while another is starting its kernel, which then writes its results beside the input instead.
         pm.execute_notebook(src, dst, parameters=parameters, kernel_name="python3",
-                            resources={"metadata": {"path": kernel_dir(nb_out)}},
+                            resources={"metadata": {"path": os.path.abspath(nb_out)}},
                             progress_bar=bars and not args.quiet, log_output=bool(args.verbose),
                             execution_timeout=args.timeout, start_timeout=KERNEL_START_TIMEOUT)
     except pm.PapermillExecutionError as err:
@@ -300,11 +300,6 @@ def _run_notebook(checked, name, parameters, work, args, bars: bool) -> tuple[st
     seconds = round(time.perf_counter() - t0, 1)
     _mark_done(work, name, seconds)
     return dst, seconds
-
-
-def kernel_dir(folder: str) -> str:
-    """The absolute folder a notebook's kernel starts in (given to nbclient as ``resources["metadata"]["path"]``)."""
-    return os.path.abspath(folder)
 
 
 def default_jobs(cpus: int | None = None) -> int:

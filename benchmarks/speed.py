@@ -22,6 +22,7 @@ import threading
 import time
 
 import numpy as np
+from fresh_process import processor  # benchmarks/fresh_process.py, next to this script
 
 import scmedal_lite as sm
 from scmedal_lite.io import write_json
@@ -167,7 +168,7 @@ def main():
     adata = sm.datasets.covid_pbmc()
     sm.pp.prepare(adata, batch_key="sample_id")
     sm.pp.split_cells(adata, batch_key="sample_id", labels_key="celltype_coarse", fold=0)
-    result = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+    result = {"machine": {"processor": processor(), "cpus": os.cpu_count(), "platform": platform.platform(),
                           "load_average_start": os.getloadavg()},
               "command": f"python benchmarks/speed.py --epochs {args.epochs}"}
     result["matmul_gflops"] = rates = matmul_rates()

@@ -1,4 +1,4 @@
-"""Where one RE training step spends its time: the full step against ablated copies of it.
+"""Where one RE or FE training step spends its time: the full step against ablated copies of it.
 
 One compiled train step (512 cells x 1,000 genes, 63 batches) of scMEDAL-RE and -FE, timed for several
 variants built in one process and timed round-robin (each round runs every variant for 10 steps), so the
@@ -11,7 +11,12 @@ are measurement devices, not models anyone should train:
 - ``re_posterior_means``: no weight sampling (the random effects use their posterior means while training);
 - ``re_batchnorm_only``: the cluster scale-and-bias blocks reduced to their BatchNorm (no random effects);
 - ``re_dense_only``: neither BatchNorm nor random effects; only the dense layers remain;
-- ``fe`` / ``fe_xla``: the FE step (adversary step plus autoencoder step).
+- ``fe`` / ``fe_xla``: the FE step of the paper's design (``preset="paper"``: one adversary update on every
+  encoder activation, tied decoder), as the authors' code trains it;
+- ``fe_default``: the package's default FE step (five adversary updates on the latent, the random-effects
+  decoder, the local-mixing term; ``book/method.md``, "What the default changes");
+- ``fe_default_adv1`` / ``fe_default_tied`` / ``fe_default_nomix``: the default with one adversary update, with
+  the plain tied decoder, and without the mixing term, to price each of them.
 
 The dense floating-point work of a step (forward and backward) and the machine's matmul rate, measured in the
 same run (as ``speed.py`` measures them), give the time a perfect implementation would need.
@@ -29,15 +34,20 @@ import time
 import keras
 import numpy as np
 import tensorflow as tf
+from fresh_process import processor
 from speed import dense_flops, matmul_rates  # benchmarks/speed.py, next to this script
 
 from scmedal_lite import layers as L
 from scmedal_lite.io import write_json
-from scmedal_lite.networks import FixedEffectsAE, RandomEffectsAE
+from scmedal_lite.networks import FixedEffectsAE, RandomEffectsAE, build_network
+from scmedal_lite.presets import get_preset
 from scmedal_lite.training import seed_everything
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CELLS, GENES, BATCHES = 512, 1000, 63
+#: The default FE's ablations: changes to the default preset's ``fe_design`` and ``fe`` weights.
+FE_DEFAULT_VARIANTS = {"fe_default": ({}, {}), "fe_default_adv1": ({"adversary_steps": 1}, {}),
+                       "fe_default_tied": ({"decoder": "tied"}, {}), "fe_default_nomix": ({}, {"w_mix": 0.0})}
 
 
 @contextlib.contextmanager
@@ -69,7 +79,13 @@ def build_step(variant, data):
     seed_everything(0)
     keras.config.set_dtype_policy("mixed_bfloat16" if variant.endswith("bfloat16") else "float32")
     with ablation(variant):
-        if variant.startswith("fe"):
+        if variant in FE_DEFAULT_VARIANTS:
+            preset, (design, weights) = get_preset("default"), FE_DEFAULT_VARIANTS[variant]
+            config = {"hidden": [512, 132], "latent_dim": 50, "fe": {**preset["fe"], **weights},
+                      "fe_design": {**preset["fe_design"], **design}, "fec_head": False}
+            net = build_network("fe", config, n_genes=GENES, n_batches=BATCHES, seed=0)
+            net.compile(learning_rate=1e-3)
+        elif variant.startswith("fe"):
             net = FixedEffectsAE(GENES, BATCHES)
             net.compile(learning_rate=1e-3)
         else:
@@ -85,6 +101,10 @@ def build_step(variant, data):
 def step_flops(kind):
     """Dense floating-point work of one training step of ``kind`` (forward and backward), as speed.py counts it."""
     enc, dec = dense_flops([GENES, 512, 132, 50], 1), dense_flops([50, 132, 512, GENES], 1)
+    if kind.startswith("fe_default"):             # the adversary on the latent: its updates, then the generator
+        adv = dense_flops([50, 512, 132, BATCHES], 1)
+        updates = 1 if kind.endswith("adv1") else 5
+        return CELLS * (enc + 3 * updates * adv + 3 * (enc + dec) + 3 * adv)
     if kind == "fe":
         adv = dense_flops([512 + 132 + 50, 512, 132, BATCHES], 1)
         return CELLS * (enc + 3 * adv + 3 * (enc + dec) + 2 * adv)
@@ -101,7 +121,7 @@ def main():
     z = np.eye(BATCHES, dtype=np.float32)[rng.integers(0, BATCHES, CELLS)]
     data = ((tf.constant(x), tf.constant(z)),)
     variants = ["re", "re_xla", "re_bfloat16", "re_posterior_means", "re_batchnorm_only", "re_dense_only",
-                "fe", "fe_xla"]
+                "fe", "fe_xla", *FE_DEFAULT_VARIANTS]
     steps = {v: build_step(v, data) for v in variants}
     times = {v: [] for v in variants}
     rates = []
@@ -117,13 +137,16 @@ def main():
     rows = {}
     for v in variants:
         ms = float(np.median(times[v]))
-        ideal = step_flops(v[:2]) / rate / 1e6
+        kind = v if v in FE_DEFAULT_VARIANTS else v[:2]
+        ideal = step_flops(kind) / rate / 1e6
         rows[v] = {"ms_per_step_median": round(ms, 2), "ms_all_rounds": [round(t, 2) for t in times[v]],
                    "vs_re": round(ms / np.median(times["re"]), 3),
-                   "dense_gflop_per_step": round(step_flops(v[:2]) / 1e9, 2),
+                   "vs_fe": round(ms / np.median(times["fe"]), 3),
+                   "dense_gflop_per_step": round(step_flops(kind) / 1e9, 2),
                    "ideal_ms_at_matmul_rate": round(ideal, 2), "fraction_of_matmul_rate": round(ideal / ms, 3)}
     result = {"command": f"python benchmarks/step_profile.py --rounds {args.rounds}",
-              "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "load_average": os.getloadavg(),
+              "machine": {"processor": processor(), "cpus": os.cpu_count(), "platform": platform.platform(),
+                          "load_average": os.getloadavg(),
                           "tensorflow": tf.__version__, "keras": keras.__version__},
               "tf_float32_matmul_gflops": round(rate, 1), "steps": rows}
     write_json(args.out + ".json", result)

@@ -37,7 +37,7 @@ from .networks import NETWORKS, build_network
 from .pp import SPLIT_KEY, invert_minmax, split_masks
 from .presets import ARCHITECTURE, get_preset
 from .rows import OneHotRows, ScaledRows, stream_minmax
-from .training import TrainSettings, fit_network, seed_everything, traced_once
+from .training import TrainSettings, fit_network, seed_everything, steps_per_epoch, traced_once
 from .validate import (
     InputError,
     as_bool,
@@ -352,8 +352,8 @@ class SCMEDAL:
         sched = self.config["schedule"]
         if sched.get("max_epochs"):
             return int(sched["max_epochs"])
-        steps_per_epoch = max(1, math.ceil(n_train / batch_size))
-        return int(min(1000, max(sched["min_epochs"], math.ceil(sched["max_steps"] / steps_per_epoch))))
+        steps = steps_per_epoch(n_train, batch_size)
+        return int(min(1000, max(sched["min_epochs"], math.ceil(sched["max_steps"] / steps))))
 
     def train(self, max_epochs: int | None = None, *, which: Sequence[str] = ("fe", "re"),
               early_stopping: bool = True, faithful: bool = False, patience: int | None = None,
@@ -417,8 +417,8 @@ class SCMEDAL:
                       minimum=0.0, exclusive=True)
         early_stopping = as_bool("early_stopping", early_stopping)
         if patience is None:
-            steps_per_epoch = max(1, math.ceil(n_train / batch_size))
-            patience = max(sched["patience"], math.ceil(sched.get("patience_steps", 0) / steps_per_epoch))
+            steps = steps_per_epoch(n_train, batch_size)
+            patience = max(sched["patience"], math.ceil(sched.get("patience_steps", 0) / steps))
         patience = as_int("patience", patience, minimum=1)
         seed = self.seed if seed is None else as_seed("seed", seed)
         epochs = as_int("max_epochs", max_epochs if max_epochs is not None else self.epochs_for(n_train, batch_size),
@@ -443,7 +443,7 @@ class SCMEDAL:
         with scope:
             net = self._build(kind)
             if getattr(net, "weight_average", 0) > 0:         # the average is written into the weights each epoch
-                net.average_every = max(1, math.ceil(int(self.train_mask.sum()) / settings.batch_size))
+                net.average_every = steps_per_epoch(int(self.train_mask.sum()), settings.batch_size)
             net.compile(learning_rate=settings.learning_rate)      # builds its optimisers on its weights
         train = self._inputs(kind, self.adata, self.train_mask)
         val = self._inputs(kind, self.adata, self.val_mask)
@@ -571,7 +571,7 @@ class SCMEDAL:
         sources = {name: self._inputs("re", adata, mask) for name, mask in (("train", train), ("val", val))}
         n_train = int(train.sum())
         batch_size = self._minibatch(kind, n_train, batch_size, step_budget=max_epochs is None)
-        steps = max(1, math.ceil(n_train / batch_size))
+        steps = steps_per_epoch(n_train, batch_size)
         epochs = (as_int("max_epochs", max_epochs, minimum=1) if max_epochs is not None else
                   max(10, math.ceil(NEW_BATCH_STEPS / steps)))
         patience = patience or max(10, math.ceil(NEW_BATCH_PATIENCE_STEPS / steps))

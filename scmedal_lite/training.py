@@ -239,12 +239,42 @@ def _steps(net, strategy, jit_compile):
     return distributed(net.train_step), distributed(net.test_step)
 
 
+#: A rest smaller than this fraction of a minibatch joins the epoch's last full minibatch (:func:`minibatch_bounds`).
+#: 0, Keras's rule, is the default: ``benchmarks/last_minibatch.py`` measured 0.5 and did not keep it.
+SMALL_REST = 0.0
+
+
+def minibatch_bounds(n: int, batch_size: int, small_rest: float | None = None) -> list[tuple[int, int]]:
+    """``(start, stop)`` of an epoch's minibatches over ``n`` shuffled rows: ``batch_size`` rows each, then one
+    with the rest. A rest smaller than ``small_rest`` (default :data:`SMALL_REST`) of a minibatch joins the last
+    full one instead. Every count of steps per epoch in the package comes from here (:func:`steps_per_epoch`).
+
+    >>> minibatch_bounds(1028, 512), minibatch_bounds(1028, 512, small_rest=0.5)
+    ([(0, 512), (512, 1024), (1024, 1028)], [(0, 512), (512, 1028)])
+    """
+    n, batch_size = int(n), int(batch_size)
+    small_rest = SMALL_REST if small_rest is None else float(small_rest)
+    starts = list(range(0, n, batch_size))
+    if len(starts) > 1 and n - starts[-1] < small_rest * batch_size:
+        starts.pop()
+    return list(zip(starts, starts[1:] + [n]))
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    """Optimisation steps in an epoch over ``n`` rows (:func:`minibatch_bounds`; at least 1).
+
+    >>> steps_per_epoch(1028, 512), steps_per_epoch(18_320, 512)
+    (3, 36)
+    """
+    return max(1, len(minibatch_bounds(n, batch_size)))
+
+
 def _epoch(net, steps, train, val, order, batch_size, eval_batch_size) -> dict:
     """One pass over the training minibatches (in ``order``), then the validation chunks; returns the logs."""
     train_step, test_step = steps
     tic = time.perf_counter()
     net.reset_metrics()
-    batches = [np.sort(order[i:i + batch_size]) for i in range(0, len(order), batch_size)]
+    batches = [np.sort(order[start:stop]) for start, stop in minibatch_bounds(len(order), batch_size)]
     for batch in _prefetched(train, batches):
         logs = train_step((batch,))
     logs = {k: float(v) for k, v in logs.items()}

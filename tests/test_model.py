@@ -432,3 +432,39 @@ def test_weight_average_writes_the_moving_average_into_the_fe_weights_each_epoch
     for bad, message in ((1.0, "below 1"), (-0.5, "weight_average"), ("x", "must be a number")):
         with pytest.raises(sm.InputError, match=message):
             sm.SCMEDAL(synth, "batch", "celltype", fe_design={"weight_average": bad})
+
+
+def test_minibatch_bounds_cover_every_row_once_and_merge_only_a_small_rest():
+    """Keras's rule by default (a last minibatch of whatever is left); with ``small_rest`` a rest below that
+    fraction of a minibatch joins the last full one, and nothing else changes."""
+    from scmedal_lite.training import minibatch_bounds
+
+    for n in (1, 100, 511, 512, 513, 1028, 1400, 18_320):
+        for rest in (0.0, 0.5):
+            bounds = minibatch_bounds(n, 512, rest)
+            assert bounds[0][0] == 0 and bounds[-1][1] == n
+            assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))       # contiguous: every row once
+            assert all(b - a == 512 for a, b in bounds[:-1])
+    assert minibatch_bounds(1028, 512) == [(0, 512), (512, 1024), (1024, 1028)]
+    assert minibatch_bounds(1028, 512, 0.5) == [(0, 512), (512, 1028)]
+    assert minibatch_bounds(18_320, 512, 0.5) == minibatch_bounds(18_320, 512)   # a rest of 400: kept
+    assert minibatch_bounds(100, 512, 0.5) == [(0, 100)]
+
+
+def test_the_step_budget_counts_the_minibatches_an_epoch_really_has(synth, monkeypatch):
+    """The epoch budget, the patience and the optimiser's step count all come from the same minibatches: with a
+    small rest merged, 720 training cells make one step an epoch, not two."""
+    from scmedal_lite import training
+
+    model = sm.SCMEDAL(synth, "batch", "celltype", seed=0, **SMALL)
+    n_train = int(model.train_mask.sum())
+    assert n_train == 720 and training.steps_per_epoch(n_train, 512) == 2
+    sched = model.config["schedule"]
+    assert model.epochs_for(n_train, 512) == int(np.ceil(sched["max_steps"] / 2))
+    monkeypatch.setattr(training, "SMALL_REST", 0.5)
+    assert training.steps_per_epoch(n_train, 512) == 1
+    settings = model._settings(None, None, None, True, None, None, kind="fe")
+    assert settings.max_epochs == min(1000, sched["max_steps"])
+    assert settings.patience == max(sched["patience"], sched["patience_steps"])
+    model.train(3, which=("fe",), early_stopping=False, progress=False)
+    assert int(model.networks["fe"].optimizer.iterations) == 3

@@ -14,7 +14,10 @@ and scores the test cells: epochs, seconds, test reconstruction MSE (min-max sca
 and the kNN same-batch fraction of both latents. Data whose rest is at least half a minibatch (the full COVID
 data, 35 × 512 + 400; the pancreas atlas, 3 × 512 + 428) train the same under both rules.
 
-    .venv/bin/python benchmarks/last_minibatch.py [--datasets covid2k covid3k] [--seeds 0 1]
+With ``--w-keep W`` FE trains with the neighbour-keeping guard (``fe={"w_keep": W}``; ``book/method.md``,
+"Over-mixing") and the results go to ``results/last_minibatch_keep``.
+
+    .venv/bin/python benchmarks/last_minibatch.py [--datasets covid2k covid3k] [--seeds 0 1] [--w-keep 100]
 """
 
 from __future__ import annotations
@@ -47,17 +50,19 @@ def load(name):
     return adata, "sample_id", "celltype_coarse"
 
 
-def run(adata, bk, lk, rule, seed):
+def run(adata, bk, lk, rule, seed, w_keep=0.0):
+    kinds = ("fe",) if w_keep else ("fe", "re")          # the guard changes FE only; RE trains the same
     training.SMALL_REST = RULES[rule]
     try:
-        model = sm.SCMEDAL(adata, batch_key=bk, labels_key=lk, seed=seed)
-        model.train(which=("fe", "re"), seed=seed, progress=False)
+        guard = {"fe": {"w_keep": w_keep}} if w_keep else {}
+        model = sm.SCMEDAL(adata, batch_key=bk, labels_key=lk, seed=seed, **guard)
+        model.train(which=kinds, seed=seed, progress=False)
     finally:
         training.SMALL_REST = 0.0
     test = sm.pp.split_masks(adata)["test"]
     x = np.asarray(model.scale(adata[test]))
-    row = {"rule": rule, "seed": seed}
-    for kind in ("fe", "re"):
+    row = {"rule": rule, "seed": seed, "fe_w_keep": w_keep}
+    for kind in kinds:
         t = model.trained[kind]
         bounds = training.minibatch_bounds(int(model.train_mask.sum()), t["batch_size"], RULES[rule])
         row.update({f"{kind}_minibatches": "+".join(str(b - a) for a, b in bounds[-2:]),
@@ -65,7 +70,7 @@ def run(adata, bk, lk, rule, seed):
                     f"{kind}_seconds": round(t["seconds"], 1),
                     f"{kind}_test_mse": round(float(np.mean((x - model.get_reconstruction(kind, adata[test],
                                                                                           scaled=True)) ** 2)), 5)})
-    latents = {k.upper(): model.get_latent(k, adata[test]) for k in ("fe", "re")}
+    latents = {k.upper(): model.get_latent(k, adata[test]) for k in kinds}
     scores = sm.metrics.score_embeddings(latents, adata.obs.loc[test, bk].to_numpy(),
                                          adata.obs.loc[test, lk].to_numpy(),
                                          metrics=["asw", "knn_batch_fraction"], seed=seed)
@@ -78,26 +83,30 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--datasets", nargs="+", default=list(SIZES), choices=list(SIZES))
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
-    ap.add_argument("--out", default=OUT)
+    ap.add_argument("--w-keep", type=float, default=0.0, help="FE's neighbour-keeping weight (default 0, off)")
+    ap.add_argument("--out", default=None)
     args = ap.parse_args()
+    args.out = args.out or (OUT + "_keep" if args.w_keep else OUT)
     rows, tic = [], time.perf_counter()
     for name in args.datasets:
         adata, bk, lk = load(name)
         n_train = int(sm.pp.split_masks(adata)["train"].sum())
         for seed in args.seeds:
             for rule in RULES:
-                row = {"data": name, "cells": adata.n_obs, "train_cells": n_train, **run(adata, bk, lk, rule, seed)}
+                row = {"data": name, "cells": adata.n_obs, "train_cells": n_train,
+                       **run(adata, bk, lk, rule, seed, args.w_keep)}
                 print(json.dumps(row), flush=True)
                 rows.append(row)
     df = pd.DataFrame(rows)
     meta = {"command": "python benchmarks/last_minibatch.py " + " ".join(
-                [f"--datasets {' '.join(args.datasets)}", f"--seeds {' '.join(map(str, args.seeds))}"]),
+                [f"--datasets {' '.join(args.datasets)}", f"--seeds {' '.join(map(str, args.seeds))}"]
+                + ([f"--w-keep {args.w_keep:g}"] if args.w_keep else [])),
             "machine": f"{processor()}, {os.cpu_count()} CPUs",
             "minutes": round((time.perf_counter() - tic) / 60, 1)}
     write_json(args.out + ".json", {**meta, "rows": rows})
-    cols = ["data", "train_cells", "seed", "rule", "fe_minibatches", "fe_epochs", "fe_best_epoch", "fe_seconds",
-            "fe_test_mse", "FE_knn_batch_fraction_batch", "FE_asw_celltype", "re_minibatches", "re_epochs",
-            "re_best_epoch", "re_seconds", "re_test_mse", "RE_asw_batch", "RE_knn_batch_fraction_batch",
+    cols = ["data", "train_cells", "seed", "rule", "fe_w_keep", "fe_minibatches", "fe_epochs", "fe_best_epoch",
+            "fe_seconds", "fe_test_mse", "FE_knn_batch_fraction_batch", "FE_asw_celltype", "re_minibatches",
+            "re_epochs", "re_best_epoch", "re_seconds", "re_test_mse", "RE_asw_batch", "RE_knn_batch_fraction_batch",
             "RE_asw_celltype"]
     text = ["# An epoch's last minibatch on small data: Keras's rule against merging a small rest", "",
             f"Command: `{meta['command']}` ({meta['machine']}; {meta['minutes']} min). Test cells. `keras`: the "

@@ -27,9 +27,9 @@ import json
 import os
 import time
 
-import numpy as np
 import pandas as pd
 from fresh_process import processor
+from re_minibatch import latent_scores, test_mse
 from time_to_result import draw  # the same seeded draw as the time-to-result benchmark
 
 import scmedal_lite as sm
@@ -59,24 +59,14 @@ def run(adata, bk, lk, rule, seed, w_keep=0.0):
         model.train(which=kinds, seed=seed, progress=False)
     finally:
         training.SMALL_REST = 0.0
-    test = sm.pp.split_masks(adata)["test"]
-    x = np.asarray(model.scale(adata[test]))
     row = {"rule": rule, "seed": seed, "fe_w_keep": w_keep}
     for kind in kinds:
         t = model.trained[kind]
         bounds = training.minibatch_bounds(int(model.train_mask.sum()), t["batch_size"], RULES[rule])
         row.update({f"{kind}_minibatches": "+".join(str(b - a) for a, b in bounds[-2:]),
                     f"{kind}_epochs": t["epochs_run"], f"{kind}_best_epoch": t["best_epoch"],
-                    f"{kind}_seconds": round(t["seconds"], 1),
-                    f"{kind}_test_mse": round(float(np.mean((x - model.get_reconstruction(kind, adata[test],
-                                                                                          scaled=True)) ** 2)), 5)})
-    latents = {k.upper(): model.get_latent(k, adata[test]) for k in kinds}
-    scores = sm.metrics.score_embeddings(latents, adata.obs.loc[test, bk].to_numpy(),
-                                         adata.obs.loc[test, lk].to_numpy(),
-                                         metrics=["asw", "knn_batch_fraction"], seed=seed)
-    for r in scores.itertuples():
-        row[f"{r.embedding}_{r.metric}_{r.label}"] = round(float(r.value), 4)
-    return row
+                    f"{kind}_seconds": round(t["seconds"], 1), f"{kind}_test_mse": test_mse(model, adata, kind)})
+    return {**row, **latent_scores(model, adata, bk, lk, kinds, seed)}
 
 
 def main():

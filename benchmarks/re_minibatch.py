@@ -44,26 +44,35 @@ def load(name):
     return adata, bk, lk
 
 
+def test_mse(model, adata, kind):
+    """Test cells' reconstruction MSE of network ``kind`` (min-max scale)."""
+    test = sm.pp.split_masks(adata)["test"]
+    x = np.asarray(model.scale(adata[test]))
+    return round(float(np.mean((x - model.get_reconstruction(kind, adata[test], scaled=True)) ** 2)), 5)
+
+
+def latent_scores(model, adata, bk, lk, kinds, seed):
+    """``{"FE_asw_batch": ..., ...}``: batch and cell-type ASW and kNN same-batch fraction of the test cells'
+    latents of the networks ``kinds``."""
+    test = sm.pp.split_masks(adata)["test"]
+    latents = {k.upper(): model.get_latent(k, adata[test]) for k in kinds}
+    scores = sm.metrics.score_embeddings(latents, adata.obs.loc[test, bk].to_numpy(),
+                                         adata.obs.loc[test, lk].to_numpy(),
+                                         metrics=["asw", "knn_batch_fraction"], seed=seed)
+    return {f"{r.embedding}_{r.metric}_{r.label}": round(float(r.value), 4) for r in scores.itertuples()}
+
+
 def run(adata, bk, lk, size, seed):
     schedule = {} if size == "fitted" else {"batch_size": int(size)}
     model = sm.SCMEDAL(adata, batch_key=bk, labels_key=lk, seed=seed, schedule=schedule)
     model.train(which=("fe", "re"), seed=seed, progress=False)
-    test = sm.pp.split_masks(adata)["test"]
-    x = np.asarray(model.scale(adata[test]))
     row = {"minibatch": size}
     for kind in ("fe", "re"):
         t = model.trained[kind]
         row.update({f"{kind}_batch_size": t["batch_size"], f"{kind}_epochs": t["epochs_run"],
                     f"{kind}_best_epoch": t["best_epoch"], f"{kind}_seconds": round(t["seconds"], 1),
-                    f"{kind}_test_mse": round(float(np.mean((x - model.get_reconstruction(kind, adata[test],
-                                                                                          scaled=True)) ** 2)), 5)})
-    latents = {k.upper(): model.get_latent(k, adata[test]) for k in ("fe", "re")}
-    scores = sm.metrics.score_embeddings(latents, adata.obs.loc[test, bk].to_numpy(),
-                                         adata.obs.loc[test, lk].to_numpy(),
-                                         metrics=["asw", "knn_batch_fraction"], seed=seed)
-    for r in scores.itertuples():
-        row[f"{r.embedding}_{r.metric}_{r.label}"] = round(float(r.value), 4)
-    return row
+                    f"{kind}_test_mse": test_mse(model, adata, kind)})
+    return {**row, **latent_scores(model, adata, bk, lk, ("fe", "re"), seed)}
 
 
 def main():

@@ -1,13 +1,13 @@
 """An epoch's last, partial minibatch on small real data: Keras's rule against merging a small rest.
 
 Keras (and so the authors' code) ends each epoch with a minibatch of whatever cells are left. On small data
-that rest can be tiny: the 1,028 training cells of the 2,000-cell COVID draw give FE two minibatches of 512
-and one of 4 cells, so every third FE step, a full-sized Adam update, follows the gradient of 4 cells (RE, in
-minibatches of 128, gets one of 4 cells in every 9 steps). This benchmark trains FE and RE with the package's
+that rest can be tiny: the 1,027 training cells of the 2,000-cell COVID draw give FE two minibatches of 512
+and one of 3 cells, so every third FE step, a full-sized Adam update, follows the gradient of 3 cells (RE, in
+minibatches of 128, gets one of 3 cells in every 9 steps). This benchmark trains FE and RE with the package's
 defaults (``training.SMALL_REST = 0``) and with a rest below half a minibatch merged into the last full one
 (``SMALL_REST = 0.5``; the step budget and the patience are then counted in the merged epochs' steps) on
 
-- ``covid2k``: the 1,713 cells of ``time_to_result.py``'s 2,000-cell draw (42 samples; 1,028 training cells);
+- ``covid2k``: the 1,713 cells of ``time_to_result.py``'s 2,000-cell draw (42 samples; 1,027 training cells);
 - ``covid3k``: the same kind of draw of 3,000 cells (a rest of under half a minibatch too),
 
 and scores the test cells: epochs, seconds, test reconstruction MSE (min-max scale), batch and cell-type ASW

@@ -24,8 +24,9 @@ install: $(STAMP)
 
 # The book: every notebook executed on the real data (not quick) and cached in _build/.jupyter_cache, so a
 # rebuild without changes takes seconds; tables and figures go to outputs/book, the shared model to
-# outputs/book/model. A notebook error fails the build. book/execute.py fills the cache first: chapter 00
-# alone (it trains the shared model), then the others JOBS at a time; the build then only renders.
+# outputs/book/model. A notebook error fails the build. book/execute.py fills the cache first, JOBS chapters
+# at a time: chapter 00 (it trains the shared model) beside chapter 04 (a model per fold), then the others once
+# the model is saved; the build then only renders.
 BOOK_ENV := env -u SCMEDAL_DATA_PATH -u SCMEDAL_MAX_EPOCHS SCMEDAL_QUICK=0 \
 	SCMEDAL_OUTPUT_DIR=$(CURDIR)/outputs/book SCMEDAL_MODEL_DIR=$(CURDIR)/outputs/book/model
 JOBS ?= 2

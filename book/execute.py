@@ -3,10 +3,11 @@
 ``jupyter-book build`` executes the notebooks one after another. This script runs before it (``make book`` and
 ``make demo`` call it) and fills the same cache (``_build/.jupyter_cache``), so the build then only renders:
 
-- the first chapter whose cached outputs are out of date runs alone: chapter 00 trains and saves the shared
-  model that the others load;
-- the other out-of-date chapters then run ``--jobs`` at a time (default 2), each in a kernel of its own,
-  chapter 04 (the longest) first.
+- the first chapter whose cached outputs are out of date runs first: chapter 00 trains and saves the shared
+  model that the others load; chapter 04, which trains its own model per fold and is the longest, runs beside
+  it (``--jobs`` above 1);
+- the other out-of-date chapters run once that model is saved, ``--jobs`` chapters at a time in all (default
+  2), each in a kernel of its own.
   Much of a chapter is single-threaded (kernel start-up and imports, graph tracing, UMAP, genomap's
   transport, plots), so two kernels keep a 2-CPU machine busier than one (book/performance.md).
 
@@ -26,6 +27,7 @@ import multiprocessing
 import os
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import yaml
@@ -33,9 +35,9 @@ from jupyter_cache import get_cache
 from jupyter_cache.executors.basic import ExecutionWorkerLocalMProc, ProcessData
 from jupyter_cache.executors.utils import single_nb_execution
 
-# Shared with `scmedal-lite run`: the longest chapter (its cross-validation trains a model per fold) starts first
-# after chapter 00, and a kernel may take minutes to start while another chapter trains on both CPUs.
-from scmedal_lite.cli import KERNEL_START_TIMEOUT, LONGEST
+# Shared with `scmedal-lite run`: the chapter that trains its own model per fold (the longest) runs beside chapter
+# 00, and a kernel may take minutes to start while another chapter trains on both CPUs.
+from scmedal_lite.cli import KERNEL_START_TIMEOUT, WITHOUT_MODEL
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,14 +73,19 @@ def stale(cache, paths: list[Path]) -> list:
 
 
 def execute(cache, records, jobs: int, timeout: int) -> list[str]:
-    """Run ``records`` (the first alone, then ``jobs`` at a time) into the cache; returns the failed paths."""
+    """Run ``records`` into the cache, at most ``jobs`` at a time; returns the failed paths. The first (chapter 00:
+    the shared model) runs before any chapter that loads its model; with ``jobs`` above 1 the chapters that do
+    not use it (:data:`scmedal_lite.cli.WITHOUT_MODEL`) run beside it."""
     worker = ChapterWorker()
     first, rest = records[0], list(records[1:])
-    if jobs > 1:
-        rest.sort(key=lambda r: Path(r.uri).stem not in LONGEST)      # stable: the book's order otherwise
-    work = [ProcessData(r.pk, r.uri, cache, timeout, False) for r in (first, *rest)]
+    beside = [r for r in rest if Path(r.uri).stem in WITHOUT_MODEL] if jobs > 1 else []
+    rest = [r for r in rest if r not in beside]
+    started = time.perf_counter()
 
-    def report(results, started):
+    def run(pool, record):
+        return pool.submit(worker, ProcessData(record.pk, record.uri, cache, timeout, False))
+
+    def report(results):
         failed = []
         for code, uri in results:          # as each finishes
             print(f"  {Path(uri).name}: {'ok' if code == 0 else 'FAILED'} (at {time.perf_counter() - started:.0f} s)",
@@ -86,19 +93,21 @@ def execute(cache, records, jobs: int, timeout: int) -> list[str]:
             failed += [uri] if code != 0 else []
         return failed
 
-    started = time.perf_counter()
-    print(f"executing {Path(records[0].uri).name} alone (the shared model)", flush=True)
-    failed = report([worker(work[0])], started)
-    if failed or len(work) == 1:
-        return failed
-    print(f"executing {len(work) - 1} more, {jobs} at a time", flush=True)
-    with multiprocessing.get_context("spawn").Pool(min(jobs, len(work) - 1)) as pool:
-        return report(pool.imap_unordered(worker, work[1:], chunksize=1), started)
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max(1, min(jobs, len(records))), mp_context=spawn) as pool:
+        print(f"executing {Path(first.uri).name} first (the shared model)"
+              + "".join(f", {Path(r.uri).name} beside it (no shared model)" for r in beside), flush=True)
+        head, side = run(pool, first), [run(pool, r) for r in beside]
+        failed = report([head.result()])
+        if rest and not failed:
+            print(f"executing {len(rest)} more, {jobs} at a time in all", flush=True)
+        later = [] if failed else [run(pool, r) for r in rest]
+        return failed + report(f.result() for f in as_completed(side + later))
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--jobs", type=int, default=2, help="chapters run at a time after the first (default 2)")
+    parser.add_argument("--jobs", type=int, default=2, help="chapters run at a time (default 2)")
     parser.add_argument("--timeout", type=int, default=3600, help="seconds per cell (as _config.yml)")
     parser.add_argument("--path-output", default=str(ROOT), help="as jupyter-book build's (default: the root)")
     args = parser.parse_args(argv)

@@ -21,8 +21,9 @@ notebooks run with papermill, sharing one trained model, and ``DIR`` receives::
     model/                       the trained model (``sm.SCMEDAL.load``)
     run.json                     command, parameters, input checksum, timings, versions of the main packages
 
-Notebook 00 trains the shared model first; the other notebooks then run two at a time (``--jobs``; each in a
-kernel of its own). ``DATA.h5ad`` is only read. ``DIR`` is written whole or not at all: the run builds everything in
+Notebook 00 trains the shared model; notebook 04, which trains its own model per fold, runs beside it, and the
+other notebooks run once the model is saved, two notebooks at a time in all (``--jobs``; each in a kernel of its
+own). ``DATA.h5ad`` is only read. ``DIR`` is written whole or not at all: the run builds everything in
 ``DIR.partial`` and moves it to ``DIR`` in one step when every notebook has run; an existing non-empty ``DIR``
 is refused unless ``--overwrite``. A run that was killed or failed leaves ``DIR.partial``, with a marker for
 each notebook that completed: ``--resume`` (same input and parameters) reuses those notebooks and the trained
@@ -54,9 +55,9 @@ from .validate import InputError
 
 NOTEBOOKS = ("00_quickstart", "01_batch_suppression", "02_random_effects", "03_genomap_projection",
              "04_classification")
-#: With ``--jobs`` above 1, these start first once the model is trained: the longest notebook (its
-#: cross-validation trains a model per fold) runs beside the others instead of after them.
-LONGEST = ("04_classification",)
+#: Notebooks that do not use the shared model (the cross-validation trains a model per fold). With ``--jobs``
+#: above 1 they start beside notebook 00 instead of waiting for its model; they are also the longest.
+WITHOUT_MODEL = ("04_classification",)
 #: Seconds a notebook's kernel may take to start (nbclient's default is 60). Two chapters at a time on 2 CPUs,
 #: one of them training, have kept a new kernel from answering within a minute; a slow start is not a failure.
 KERNEL_START_TIMEOUT = 600
@@ -227,11 +228,11 @@ def _execute(checked: dict, parameters: dict, work: str, args) -> tuple[list, di
     environment; a notebook with a completion marker (a resumed run) is not run again. Returns (executed
     paths, seconds per notebook, status per path, notebooks reused). A failure raises :class:`_RunFailed`.
 
-    The first notebook to run goes alone: it trains and saves the shared model (notebook 00) or loads it. The
-    others only read that model and write files of their own, so they then run ``args.jobs`` at a time, each in
-    its own kernel (:func:`default_jobs`), the longest (:data:`LONGEST`) first. After a failure no further
-    notebook starts; those already running finish and keep their completion markers, so ``--resume`` reruns
-    only what is left."""
+    The first notebook to run trains and saves the shared model (notebook 00) or loads it. With ``args.jobs``
+    above 1 the notebooks that do not use that model (:data:`WITHOUT_MODEL`) start beside it; the others only
+    read the model and write files of their own, so they start once it is saved. At most ``args.jobs`` run at a
+    time, each in its own kernel (:func:`default_jobs`). After a failure no further notebook starts; those
+    already running finish and keep their completion markers, so ``--resume`` reruns only what is left."""
     from concurrent.futures import ThreadPoolExecutor
 
     names = checked["notebooks"]
@@ -245,7 +246,8 @@ def _execute(checked: dict, parameters: dict, work: str, args) -> tuple[list, di
             _say(args, f"[{i}/{len(names)}] {name}: done in an earlier run, reused")
         else:
             pending.append((i, name))
-    jobs = min(args.jobs, max(1, len(pending) - 1))
+    jobs = min(args.jobs, max(1, len(pending) - 1))          # at a time once the model is saved
+    beside = [item for item in pending[1:] if item[1] in WITHOUT_MODEL] if args.jobs > 1 else []
     failures = []
 
     def one(i, name, bars):
@@ -260,15 +262,17 @@ def _execute(checked: dict, parameters: dict, work: str, args) -> tuple[list, di
         timings[name], status[dst], executed[name] = seconds, f"ok, {seconds:.0f} s", dst
         _say(args, f"      {name} done in {seconds:.0f} s")
 
-    with _without_notebook_environment(), _silenced_stderr(args.quiet):
+    with (_without_notebook_environment(), _silenced_stderr(args.quiet),
+          ThreadPoolExecutor(max(jobs, min(args.jobs, len(pending)))) as pool):
         if pending:
-            one(*pending[0], bars=True)    # alone: it trains (or loads) the shared model
-        rest = pending[1:]
-        if jobs > 1:
-            rest.sort(key=lambda item: item[1] not in LONGEST)     # stable: the book's order otherwise
-            if rest and not failures:
+            first = pool.submit(one, *pending[0], bars=not beside)     # trains (or loads) the shared model
+            for i, name in beside:
+                _say(args, f"      {name} runs beside it: it trains its own model per fold (--jobs)")
+                pool.submit(one, i, name, False)
+            first.result()                 # the model is saved: the others can load it
+            rest = [item for item in pending[1:] if item not in beside]
+            if jobs > 1 and rest and not failures:
                 _say(args, f"      the other {len(rest)} notebooks run {jobs} at a time (--jobs)")
-        with ThreadPoolExecutor(max_workers=jobs) as pool:
             for i, name in rest:
                 pool.submit(one, i, name, jobs == 1)
     if failures:

@@ -38,7 +38,11 @@ def book(tmp_path_factory):
     pre = subprocess.run([sys.executable, str(ROOT / "book" / "execute.py"), "--path-output", str(out)], cwd=ROOT,
                          env=env, capture_output=True, text=True, timeout=2400)     # as `make book` does
     assert pre.returncode == 0, pre.stdout[-3000:] + pre.stderr[-3000:]
-    assert "00_quickstart.ipynb alone" in pre.stdout and "4 more, 2 at a time" in pre.stdout
+    assert "00_quickstart.ipynb first (the shared model), 04_classification.ipynb beside it" in pre.stdout
+    assert "3 more, 2 at a time in all" in pre.stdout
+    done = re.findall(r"  (\d\d)_\w+\.ipynb: ok", pre.stdout)
+    assert sorted(done) == ["00", "01", "02", "03", "04"]
+    assert done.index("00") < min(done.index(c) for c in ("01", "02", "03")), "those load chapter 00's model"
     first = build(ROOT, out, env)
     assert first.returncode == 0, first.stdout[-6000:] + first.stderr[-3000:]
     second = build(ROOT, out, env, "--all")          # re-reads every page: notebooks come from the cache

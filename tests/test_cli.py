@@ -268,10 +268,12 @@ def test_missing_cli_extra_or_genomap_names_the_command(data, tmp_path, monkeypa
 # A real run killed with SIGKILL and resumed: tests/test_wheel.py (with the installed wheel's command).
 
 
-def test_jobs_run_the_first_notebook_alone_then_the_others_together(data, tmp_path, monkeypatch, capsys):
-    """--jobs 2: notebook 00 (which trains the shared model) finishes before any other starts; then two run at
-    once, never more, the longest (04) first; run.json records the setting and every notebook's seconds in the
-    notebooks' order. --jobs 1 keeps the book's order."""
+def test_jobs_run_the_model_free_notebook_beside_the_first_and_the_others_after_it(data, tmp_path, monkeypatch,
+                                                                                   capsys):
+    """--jobs 2: notebook 04 (a model per fold, no shared model) starts beside notebook 00 (which trains the
+    shared model); no notebook that loads the model starts before 00 has finished; two run at once, never more;
+    run.json records the setting and every notebook's seconds in the notebooks' order. --jobs 1 keeps the book's
+    order."""
     import threading
     import time
 
@@ -297,9 +299,11 @@ def test_jobs_run_the_first_notebook_alone_then_the_others_together(data, tmp_pa
     monkeypatch.setattr(papermill, "execute_notebook", slow)
     out = tmp_path / "run"
     assert cli.main(args(data, out, "--jobs", "2")) == 0
-    assert state["order"][:2] == [("start", "00_quickstart"), ("end", "00_quickstart")]
-    assert state["order"][2] == ("start", "04_classification"), "the longest starts first"
-    assert state["most"] == 2, "two notebooks at a time after the first"
+    first_end = state["order"].index(("end", "00_quickstart"))
+    assert state["order"][0] == ("start", "00_quickstart")
+    assert {n for e, n in state["order"][:first_end] if e == "start"} == {"00_quickstart", *cli.WITHOUT_MODEL}, \
+        "only the notebooks without the shared model start before it is saved"
+    assert state["most"] == 2, "two notebooks at a time"
     info = json.loads((out / "run.json").read_text())
     assert info["jobs"] == 2 and list(info["seconds_per_notebook"]) == list(cli.NOTEBOOKS)
     assert "--jobs 2" in info["command"]
@@ -318,7 +322,8 @@ def test_after_a_failure_no_further_notebook_starts(data, tmp_path, monkeypatch,
     ran = []
     monkeypatch.setattr(papermill, "execute_notebook", fake_runner(fail_on="00_quickstart", ran=ran))
     assert cli.main(args(data, tmp_path / "run", "--jobs", "2")) == cli.EXIT_FAILED
-    assert ran == ["00_quickstart"], "the others need the model the first notebook makes"
+    assert sorted(ran) == ["00_quickstart", *cli.WITHOUT_MODEL], \
+        "the others need the model the first notebook makes; the one beside it had started"
     assert "00_quickstart failed" in capsys.readouterr().err
 
 

@@ -13,6 +13,7 @@ import pytest
 
 import scmedal_lite as sm
 from scmedal_lite import tutorial
+from scmedal_lite.cli import WITHOUT_MODEL
 from scmedal_lite.validate import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,6 +69,19 @@ def test_notebook_structure(path):
     assert nb.cells[-1].cell_type == "markdown" and "Key takeaways" in nb.cells[-1].source
     assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), "commit them without outputs"
     assert len(NOTEBOOKS) == 5
+
+
+@pytest.mark.parametrize("name", WITHOUT_MODEL)
+def test_notebooks_run_beside_chapter_00_never_touch_the_shared_model(name):
+    """`scmedal-lite run` and the book start these beside notebook 00, before its model exists: their setup must
+    not load or train it (``train=False``), and no cell may use a model it did not build itself."""
+    nb = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
+    code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    calls = [node for node in ast.walk(ast.parse(code.replace("%matplotlib inline", "")))
+             if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "setup"]
+    assert len(calls) == 1 and any(k.arg == "train" and k.value.value is False for k in calls[0].keywords)
+    names = {n.id for n in ast.walk(ast.parse(code.replace("%matplotlib inline", ""))) if isinstance(n, ast.Name)}
+    assert "model" not in names and "get_model" not in code and "load_shared" not in code
 
 
 def test_params_parse_strings(tmp_path):

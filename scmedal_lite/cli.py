@@ -265,7 +265,7 @@ def _execute(checked: dict, parameters: dict, work: str, args) -> tuple[list, di
     with (_without_notebook_environment(), _silenced_stderr(args.quiet),
           ThreadPoolExecutor(max(jobs, min(args.jobs, len(pending)))) as pool):
         if pending:
-            first = pool.submit(one, *pending[0], bars=not beside)     # trains (or loads) the shared model
+            first = pool.submit(one, *pending[0], True)    # trains (or loads) the shared model; a bar (none beside)
             for i, name in beside:
                 _say(args, f"      {name} runs beside it: it trains its own model per fold (--jobs)")
                 pool.submit(one, i, name, False)

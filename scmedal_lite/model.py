@@ -107,6 +107,26 @@ def fitted_batch_size(n_train: int, batch_size: int, min_steps_per_epoch: int | 
     return int(min(batch_size, max(MIN_FITTED_BATCH, fitted)))
 
 
+#: Training cells below which FE's ``w_keep`` defaults to the schedule's ``small_data_w_keep``: the line where the
+#: default RE minibatch starts to shrink (8 steps of 512 cells an epoch; :func:`fitted_batch_size`).
+SMALL_DATA_CELLS = 4096
+
+
+def small_data_keep(n_train: int, schedule: dict) -> float:
+    """FE's default ``w_keep`` for ``n_train`` training cells: the schedule's ``small_data_w_keep`` below
+    :data:`SMALL_DATA_CELLS`, else 0. Uses the number of training cells only, no labels.
+
+    On small data the default FE takes hundreds of passes over the same cells, and its mixing term and
+    adversary can merge cell types that the batches hold in different proportions (the pancreas atlas, a
+    2,000-cell COVID draw); the neighbour-keeping guard prevents it (book/method.md, "The guard on small data").
+
+    >>> small_data_keep(1_027, {"small_data_w_keep": 100.0}), small_data_keep(18_320, {"small_data_w_keep": 100.0})
+    (100.0, 0.0)
+    """
+    weight = schedule.get("small_data_w_keep")
+    return float(weight) if weight and n_train < SMALL_DATA_CELLS else 0.0
+
+
 def _seeded_subsample(n: int, max_cells: int, seed: int) -> np.ndarray:
     """Sorted positions of at most ``max_cells`` of ``n`` rows: all of them, or a seeded draw without replacement."""
     return np.arange(n) if n <= max_cells else np.sort(np.random.default_rng(seed).choice(n, max_cells, replace=False))
@@ -195,6 +215,9 @@ class SCMEDAL:
         s.d. instead of the authors' unit variance, the default ``"paper"``), ``hidden``, ``latent_dim``.
         E.g. ``SCMEDAL(adata, "sample", fe={"w_keep": 100})``, or
         ``schedule={"re_min_steps_per_epoch": None}`` to train RE in minibatches of 512 cells on any data.
+        On small data (below 4,096 training cells) FE's ``w_keep`` defaults to the schedule's
+        ``small_data_w_keep`` (100; :func:`small_data_keep`): ``fe={"w_keep": 0}`` or
+        ``schedule={"small_data_w_keep": 0}`` turns the guard off.
     """
 
     def __init__(self, adata: anndata.AnnData, batch_key: str, labels_key: str | None = None, *,
@@ -236,6 +259,10 @@ class SCMEDAL:
             **{k: settings[k] for k in ("fe", "fe_design", "fec", "re", "re_design", "schedule")},
         }
         self.train_mask, self.val_mask = self._split_masks(adata, split_key)
+        keep = small_data_keep(int(self.train_mask.sum()), settings["schedule"])
+        for part in ("fe", "fec"):                     # the guard on small data, unless w_keep is given
+            if keep and "w_keep" in settings[part] and "w_keep" not in (overrides.get(part) or {}):
+                settings[part]["w_keep"] = keep
         batches = adata.obs[batch_key].astype(str).to_numpy()
         self.batch_categories = sorted(pd.unique(batches[self.train_mask]))
         if len(self.batch_categories) < 2:

@@ -41,7 +41,8 @@ PRESETS: dict[str, dict] = {
     # the RE network is otherwise badly under-trained for hundreds of epochs (anchors.md).
     "default": {
         # w_mix: the local-mixing term (soft kNN same-batch fraction of the latent; book/method.md).
-        # w_keep: the within-batch neighbour-keeping term, off by default (book/method.md, "Over-mixing").
+        # w_keep: the within-batch neighbour-keeping term, off by default except on small data
+        # (schedule["small_data_w_keep"]; book/method.md, "Over-mixing" and "The guard on small data").
         # w_center: the batch-centring term (share of the latent's variance the batch means explain), off by default.
         "fe": {"w_recon": 1000.0, "w_gen": 1.0, "w_mix": W_MIX, "w_keep": 0.0, "w_center": 0.0},
         # A batch-invariant latent and a decoder with the batch's random effects: counterfactuals decode the
@@ -68,7 +69,10 @@ PRESETS: dict[str, dict] = {
                      # with the step budget, RE's minibatch shrinks (powers of two, >= 32) until an epoch
                      # has at least this many steps: only below 4,096 training cells (book/method.md, "The
                      # RE network's minibatch on small data"). None keeps batch_size on any data.
-                     "re_min_steps_per_epoch": 8},
+                     "re_min_steps_per_epoch": 8,
+                     # below 4,096 training cells FE's w_keep defaults to this (the neighbour-keeping guard;
+                     # book/method.md, "The guard on small data"); fe={"w_keep": ...} overrides it.
+                     "small_data_w_keep": 100.0},
         "description": "scmedal_lite default: paper's architecture and weights (AML), faster schedule.",
     },
     "paper": {

@@ -336,7 +336,8 @@ def as_int_list(name: str, value, *, minimum: int | None = 1) -> list[int]:
 #: Keys and types of the ``schedule`` part of a preset (see :mod:`scmedal_lite.presets`).
 SCHEDULE_TYPES = {"learning_rate": "float>0", "batch_size": "int>=1", "max_epochs": "int>=1|None",
                   "max_steps": "int>=1|None", "min_epochs": "int>=1", "patience": "int>=1",
-                  "patience_steps": "int>=0", "re_min_steps_per_epoch": "int>=1|None"}
+                  "patience_steps": "int>=0", "re_min_steps_per_epoch": "int>=1|None",
+                  "small_data_w_keep": "float>=0|None"}
 
 
 def parse_settings(part: str, values, defaults: dict) -> dict:

@@ -82,3 +82,28 @@ def test_add_batches_fits_new_re_effects_in_the_fitted_minibatch(synth):
     again = sm.SCMEDAL(reference, "batch", seed=0, **SMALL).train(max_epochs=3, progress=False)
     again.add_batches(new, which=("re",), max_epochs=2, progress=False)          # an epoch count: 512 as before
     assert again.trained["re"]["added_batches"][-1]["batch_size"] == 512
+
+
+def test_fe_guard_defaults_on_below_the_small_data_line_only(synth):
+    """FE's neighbour-keeping guard (``w_keep``) is on by default below SMALL_DATA_CELLS training cells, with
+    the schedule's weight; a w_keep the user gives, ``small_data_w_keep=0``, large data and the paper's presets
+    leave it off or as given."""
+    from scmedal_lite.model import SMALL_DATA_CELLS, small_data_keep
+
+    model = sm.SCMEDAL(synth, "batch", seed=0, **SMALL)              # 720 training cells
+    assert model.config["fe"]["w_keep"] == model.config["fec"]["w_keep"] == 100.0
+    model.train(which=("fe",), max_epochs=1, progress=False)
+    assert model.networks["fe"].w_keep == 100.0 and "keep_loss" in model.history["fe"]
+    assert sm.SCMEDAL(synth, "batch", fe={"w_keep": 0}, **SMALL).config["fe"]["w_keep"] == 0.0
+    assert sm.SCMEDAL(synth, "batch", fe={"w_keep": 30}, **SMALL).config["fe"]["w_keep"] == 30.0
+    assert sm.SCMEDAL(synth, "batch", schedule={"small_data_w_keep": 0}, **SMALL).config["fe"]["w_keep"] == 0.0
+    assert "w_keep" not in sm.SCMEDAL(synth, "batch", preset="paper").config["fe"]
+    sched = sm.SCMEDAL(synth, "batch").config["schedule"]
+    assert small_data_keep(SMALL_DATA_CELLS - 1, sched) == 100.0 and small_data_keep(SMALL_DATA_CELLS, sched) == 0.0
+    big = sm.datasets.synthetic(n_cells=7_000, n_genes=30, n_batches=4, n_celltypes=3, seed=1)
+    sm.pp.prepare(big, batch_key="batch", n_top_genes=1000)
+    sm.pp.split_cells(big, batch_key="batch", labels_key="celltype", fold=0)
+    large = sm.SCMEDAL(big, "batch", seed=0, **SMALL)
+    assert int(large.train_mask.sum()) >= SMALL_DATA_CELLS and large.config["fe"]["w_keep"] == 0.0
+    with pytest.raises(sm.InputError, match="small_data_w_keep"):
+        sm.SCMEDAL(synth, "batch", schedule={"small_data_w_keep": -1})

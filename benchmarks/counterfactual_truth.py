@@ -54,10 +54,14 @@ def _dense(X):
 
 #: ``--re-output-init``: the RE network's output initialisation (None: the default preset's, ``"paper"``).
 RE_OUTPUT_INIT = None
+#: ``--small-data-w-keep``: FE's guard weight below 4,096 training cells (None: the default preset's; 0: off).
+SMALL_DATA_W_KEEP = None
 
 
 def train(adata, batch_key, labels_key, seed):
     design = {} if RE_OUTPUT_INIT is None else {"re_design": {"output_init": RE_OUTPUT_INIT}}
+    if SMALL_DATA_W_KEEP is not None:
+        design["schedule"] = {"small_data_w_keep": SMALL_DATA_W_KEEP}
     model = sm.SCMEDAL(adata, batch_key, labels_key, seed=seed, **design)
     t0 = time.perf_counter()
     model.train(seed=seed, progress=False)
@@ -216,10 +220,13 @@ def main():
     ap.add_argument("--re-output-init", choices=("data", "paper"), default=None,
                     help="the RE network's output initialisation (default: the package default, 'paper': the "
                          "authors' BatchNorm scale 1, shift 0; 'data': the data's per-gene mean and s.d.)")
+    ap.add_argument("--small-data-w-keep", type=float, default=None,
+                    help="FE's neighbour-keeping weight below 4,096 training cells (default: the package "
+                         "default; 0: the guard off, as before it was the default)")
     ap.add_argument("--out", default=os.path.join(HERE, "results", "counterfactual_truth"))
     args = ap.parse_args()
-    global RE_OUTPUT_INIT
-    RE_OUTPUT_INIT = args.re_output_init
+    global RE_OUTPUT_INIT, SMALL_DATA_W_KEEP
+    RE_OUTPUT_INIT, SMALL_DATA_W_KEEP = args.re_output_init, args.small_data_w_keep
     warnings.filterwarnings("ignore", category=sm.UnseenBatchWarning)
     designs = [d.strip() for d in args.designs.split(",") if d.strip()]
     t_start = time.perf_counter()
@@ -277,7 +284,8 @@ def write_outputs(args, tables, extra, scatter, timing, total):
     table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
     if len(table):
         write_csv(args.out + ".csv", table, index=False)
-    flags = f"--designs {args.designs}" + (f" --re-output-init {args.re_output_init}" if args.re_output_init else "")
+    flags = (f"--designs {args.designs}" + (f" --re-output-init {args.re_output_init}" if args.re_output_init else "")
+             + (f" --small-data-w-keep {args.small_data_w_keep:g}" if args.small_data_w_keep is not None else ""))
     parts = ["# Counterfactuals against known answers\n\n"
              f"Command: `.venv/bin/python benchmarks/counterfactual_truth.py {flags}`; seed {args.seed}; "
              f"{platform.processor() or platform.machine()}, "

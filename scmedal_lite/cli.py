@@ -263,7 +263,7 @@ def _execute(checked: dict, parameters: dict, work: str, args) -> tuple[list, di
         _say(args, f"      {name} done in {seconds:.0f} s")
 
     with (_without_notebook_environment(), _silenced_stderr(args.quiet),
-          ThreadPoolExecutor(max(jobs, min(args.jobs, len(pending)))) as pool):
+          ThreadPoolExecutor(max(1, min(args.jobs, len(pending)))) as pool):
         if pending:
             first = pool.submit(one, *pending[0], True)    # trains (or loads) the shared model; a bar (none beside)
             for i, name in beside:

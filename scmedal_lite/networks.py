@@ -24,6 +24,7 @@ import tensorflow as tf
 from keras import layers, ops
 
 from .layers import ClusterScaleBias, TiedDenseTranspose
+from .optim import FusedAdam
 from .presets import ARCHITECTURE, PAPER_FE_DESIGN, PAPER_RE_DESIGN
 from .validate import check_choice
 
@@ -269,12 +270,13 @@ class _TrackedModel(keras.Model):
         self.trackers = {n: keras.metrics.Mean(name=n) for n in self.loss_names}
 
     def compile(self, optimizer=None, *, learning_rate: float = DEFAULT_LEARNING_RATE, **kwargs):
-        """Attach the optimiser (default ``Adam(learning_rate)``) and build it on the weights it updates.
+        """Attach the optimiser (default :class:`~scmedal_lite.optim.FusedAdam` ``(learning_rate)``, Keras's Adam
+        with one fused kernel per weight) and build it on the weights it updates.
 
         Builds the network first if needed. Other keyword arguments go to ``keras.Model.compile``.
         """
         if optimizer is None:
-            optimizer = keras.optimizers.Adam(learning_rate)
+            optimizer = FusedAdam(learning_rate)
         super().compile(optimizer=optimizer, **kwargs)
         if not self.built:
             self.build()
@@ -484,7 +486,8 @@ class FixedEffectsAE(AutoEncoder):
 
     def compile(self, optimizer=None, adv_optimizer=None, *, learning_rate: float = DEFAULT_LEARNING_RATE,
                 **kwargs):
-        """Attach both optimisers (default ``Adam(learning_rate)`` each) and build each on its own weights:
+        """Attach both optimisers (default :class:`~scmedal_lite.optim.FusedAdam` ``(learning_rate)`` each) and
+        build each on its own weights:
         ``optimizer`` on the autoencoder's (every trainable weight but the adversary's), ``adv_optimizer`` on
         the adversary's. With ``weight_average`` the autoencoder's default optimiser also keeps the moving
         average of its weights and writes it into them every ``average_every`` steps."""
@@ -492,11 +495,11 @@ class FixedEffectsAE(AutoEncoder):
             if not self.average_every:
                 raise ValueError("weight_average needs average_every (steps between the writes of the average "
                                  "into the weights; SCMEDAL.train sets one epoch)")
-            optimizer = keras.optimizers.Adam(learning_rate, use_ema=True, ema_momentum=self.weight_average,
-                                              ema_overwrite_frequency=int(self.average_every))
+            optimizer = FusedAdam(learning_rate, use_ema=True, ema_momentum=self.weight_average,
+                                  ema_overwrite_frequency=int(self.average_every))
         elif optimizer is None:
-            optimizer = keras.optimizers.Adam(learning_rate)
-        self.adv_optimizer = adv_optimizer if adv_optimizer is not None else keras.optimizers.Adam(learning_rate)
+            optimizer = FusedAdam(learning_rate)
+        self.adv_optimizer = adv_optimizer if adv_optimizer is not None else FusedAdam(learning_rate)
         super().compile(optimizer, learning_rate=learning_rate, **kwargs)
 
     def _build_optimizers(self):

@@ -209,7 +209,8 @@ def test_adversary_loop_gives_the_unrolled_updates(data, monkeypatch):
         keras.utils.set_random_seed(0)
         net = FixedEffectsAE(20, 3, hidden=(16, 8), latent_dim=4, seed=0, adversary_steps=3)
         net.build()
-        net.compile(learning_rate=1e-2)
+        # Keras's Adam on both paths: under a strategy the default FusedAdam takes Keras's update (test_optim)
+        net.compile(keras.optimizers.Adam(1e-2), keras.optimizers.Adam(1e-2))
         step = tf.function(net.train_step, autograph=False)
         for _ in range(3):
             step(((x, z),))

@@ -166,46 +166,46 @@ def split_draw(full):
     return sub
 
 
-def re_batch_asw(full, seeds):
-    """The default RE on the 1,713-cell draw, per seed and optimiser: the batch ASW of its latent on the test
-    cells (chapter 0's figure) and the reconstruction error at its best epoch."""
+def trained_per_seed(full, seeds, kind):
+    """``(seed, optimiser, model, test cells)`` for ``kind`` trained with defaults on the 1,713-cell draw, per
+    seed and optimiser."""
     sub = split_draw(full)
     test = sub.obs["split"].to_numpy() == "test"
-    rows = []
     for seed in seeds:
         for name in OPTIMISERS:
             with optimiser(name):
-                model = sm.SCMEDAL(sub, "sample_id", "celltype_coarse", seed=seed).train(which=("re",),
+                model = sm.SCMEDAL(sub, "sample_id", "celltype_coarse", seed=seed).train(which=(kind,),
                                                                                           progress=False)
-            scores = sm.metrics.score_embeddings({"RE": model.get_latent("re", sub[test])},
-                                                 sub.obs["sample_id"].to_numpy()[test], metrics=["asw"])
-            info, history = model.trained["re"], model.history["re"]
-            rows.append({"seed": seed, "optimiser": name, "epochs run": info["epochs_run"],
-                         "RE batch ASW (test)": round(float(scores["value"].iloc[0]), 4),
-                         "val. reconstruction at best": round(float(history["val_recon_loss"].min()), 5)})
-            print(rows[-1], flush=True)
+            yield seed, name, model, sub[test]
+
+
+def re_batch_asw(full, seeds):
+    """The default RE, per seed and optimiser: the batch ASW of its latent on the test cells (chapter 0's
+    figure) and the validation reconstruction error at its best epoch."""
+    rows = []
+    for seed, name, model, test in trained_per_seed(full, seeds, "re"):
+        scores = sm.metrics.score_embeddings({"RE": model.get_latent("re", test)},
+                                             test.obs["sample_id"].to_numpy(), metrics=["asw"])
+        rows.append({"seed": seed, "optimiser": name, "epochs run": model.trained["re"]["epochs_run"],
+                     "RE batch ASW (test)": round(float(scores["value"].iloc[0]), 4),
+                     "val. reconstruction at best": round(float(model.history["re"]["val_recon_loss"].min()), 5)})
+        print(rows[-1], flush=True)
     return rows
 
 
 def fe_stops(full, seeds):
-    """The default FE on the 1,713-cell draw, per seed and optimiser: where early stopping ends it. Float rounding
-    differs between the two optimisers, and on small data the epoch FE stops at is sensitive to it."""
-    sub = split_draw(full)
+    """The default FE, per seed and optimiser: where early stopping ends it. Float rounding differs between the
+    two optimisers, and on small data the epoch FE stops at is sensitive to it."""
     rows = []
-    for seed in seeds:
-        for name in OPTIMISERS:
-            with optimiser(name):
-                model = sm.SCMEDAL(sub, "sample_id", "celltype_coarse", seed=seed).train(which=("fe",),
-                                                                                          progress=False)
-            test = sub.obs["split"].to_numpy() == "test"
-            knn, expected = sm.metrics.knn_same_batch_fraction(model.get_latent("fe", sub[test]),
-                                                                sub.obs["sample_id"].to_numpy()[test])
-            info = model.trained["fe"]
-            rows.append({"seed": seed, "optimiser": name, "epochs run": info["epochs_run"],
-                         "best epoch": info["best_epoch"], "budget": info["max_epochs"],
-                         "seconds": round(info["seconds"], 1), "FE kNN same-batch (test)": round(knn, 4),
-                         "if mixed": round(expected, 4)})
-            print(rows[-1], flush=True)
+    for seed, name, model, test in trained_per_seed(full, seeds, "fe"):
+        knn, expected = sm.metrics.knn_same_batch_fraction(model.get_latent("fe", test),
+                                                            test.obs["sample_id"].to_numpy())
+        info = model.trained["fe"]
+        rows.append({"seed": seed, "optimiser": name, "epochs run": info["epochs_run"],
+                     "best epoch": info["best_epoch"], "budget": info["max_epochs"],
+                     "seconds": round(info["seconds"], 1), "FE kNN same-batch (test)": round(knn, 4),
+                     "if mixed": round(expected, 4)})
+        print(rows[-1], flush=True)
     return rows
 
 
@@ -230,26 +230,23 @@ def main():
                     help="only RE's batch ASW on the 1,713-cell draw for these seeds, both optimisers "
                          "(written to --out)")
     args = ap.parse_args()
-    if args.re_asw is not None:
-        rows = re_batch_asw(sm.datasets.covid_pbmc(), args.re_asw)
-        machine = {"processor": processor(), "cpus": os.cpu_count(), "load_average_end": os.getloadavg()}
-        command = f"python benchmarks/fused_adam.py --re-asw {' '.join(map(str, args.re_asw))}"
-        write_json(args.out + ".json", {"command": command, "machine": machine, "re_batch_asw": rows})
-        write_text(args.out + ".md", "\n\n".join([
-            "# The default RE's batch ASW on the 1,713-cell COVID draw, with Keras's Adam and FusedAdam",
-            f"Machine: {machine['cpus']} CPUs ({machine['processor']}). Command: `{command}`. Test cells.",
-            table(rows)]) + "\n")
-        return
-    if args.fe_stops is not None:
-        rows = fe_stops(sm.datasets.covid_pbmc(), args.fe_stops)
-        machine = {"processor": processor(), "cpus": os.cpu_count(), "load_average_end": os.getloadavg()}
-        command = f"python benchmarks/fused_adam.py --fe-stops {' '.join(map(str, args.fe_stops))}"
-        write_json(args.out + ".json", {"command": command, "machine": machine, "fe_stops": rows})
-        write_text(args.out + ".md", "\n\n".join([
-            "# Where the default FE stops on the 1,713-cell COVID draw, with Keras's Adam and FusedAdam",
-            f"Machine: {machine['cpus']} CPUs ({machine['processor']}). Command: `{command}`. Seconds are "
-            "wall time on a shared machine; the epochs are what matters.", table(rows)]) + "\n")
-        return
+    seed_parts = {"re_asw": (re_batch_asw, "--re-asw", "re_batch_asw",
+                             "# The default RE's batch ASW on the 1,713-cell COVID draw, with Keras's Adam and "
+                             "FusedAdam", "Test cells."),
+                  "fe_stops": (fe_stops, "--fe-stops", "fe_stops",
+                               "# Where the default FE stops on the 1,713-cell COVID draw, with Keras's Adam and "
+                               "FusedAdam", "Seconds are wall time on a shared machine; the epochs are what matters.")}
+    for attr, (measure, flag, key, title, remark) in seed_parts.items():
+        seeds = getattr(args, attr)
+        if seeds is not None:
+            rows = measure(sm.datasets.covid_pbmc(), seeds)
+            machine = {"processor": processor(), "cpus": os.cpu_count(), "load_average_end": os.getloadavg()}
+            command = f"python benchmarks/fused_adam.py {flag} {' '.join(map(str, seeds))}"
+            write_json(args.out + ".json", {"command": command, "machine": machine, key: rows})
+            write_text(args.out + ".md", "\n\n".join([
+                title, f"Machine: {machine['cpus']} CPUs ({machine['processor']}). Command: `{command}`. {remark}",
+                table(rows)]) + "\n")
+            return
     result = {"command": f"python benchmarks/fused_adam.py --rounds {args.rounds} --epochs {args.epochs} "
                          f"--cv-repeats {args.cv_repeats}",
               "machine": {"processor": processor(), "cpus": os.cpu_count(), "platform": platform.platform(),

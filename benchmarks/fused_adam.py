@@ -28,6 +28,7 @@ import warnings
 
 import keras
 import numpy as np
+import pandas as pd
 import tensorflow as tf
 from fresh_process import processor
 from speed import epoch_flops, matmul_rates
@@ -278,10 +279,8 @@ def main():
 
 
 def table(rows):
-    cols = list(rows[0])
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
-    return "\n".join(lines)
+    """A markdown table of a list of row dicts, as the other benchmarks write theirs."""
+    return pd.DataFrame(rows).to_markdown(index=False)
 
 
 def report(result):

@@ -384,6 +384,11 @@ class FixedEffectsAE(AutoEncoder):
       negative) and also minimised by a latent that separates batches under permuted labels;
       ``"confusion"``, ``G = CE(uniform, adv)``, minimal only when the adversary cannot tell batches apart.
     - ``adversary_steps``: adversary updates per autoencoder update [1].
+    - ``adversary_pass``: ``"separate"`` [paper] runs the encoder once for the adversary's updates and again
+      for the autoencoder's; ``"shared"`` runs it once per step, inside the autoencoder's tape, and the
+      adversary's updates read that pass's activations (the same values: the adversary's updates do not touch
+      the encoder). One encoder forward pass less per step, and batch normalisation's moving statistics are
+      updated once per step instead of twice.
     - ``stop_on``: what early stopping watches on the validation cells (:attr:`monitor`): ``"loss"`` [paper],
       the total, or ``"recon_loss"``. The total's adversarial part scores the latent against the adversary of
       the moment, which is weak early on, so the total can favour an epoch before the batches were mixed.
@@ -422,11 +427,13 @@ class FixedEffectsAE(AutoEncoder):
     DECODERS = ("tied", "random_effects")
     ADVERSARY_INPUTS = ("all", "latent")
     GENERATOR_LOSSES = ("negative_ce", "confusion")
+    ADVERSARY_PASSES = ("separate", "shared")
     STOP_ON = ("loss", "recon_loss")
 
     def __init__(self, n_genes, n_batches, hidden=(512, 132), latent_dim=50, n_labels=None, w_recon=1000.0,
                  w_gen=1.0, w_class=1.0, adversary_hidden=None, *, decoder="tied", adversary_input="all",
-                 generator_loss="negative_ce", adversary_steps=1, stop_on="loss", stop_min_improvement=0.0,
+                 generator_loss="negative_ce", adversary_steps=1, adversary_pass="separate", stop_on="loss",
+                 stop_min_improvement=0.0,
                  w_mix=0.0, mix_neighbours=5,
                  w_keep=0.0, w_center=0.0, weight_average=0.0, average_every=None, seed=None, re_kwargs=None,
                  **kwargs):
@@ -435,12 +442,13 @@ class FixedEffectsAE(AutoEncoder):
         check_choice("decoder", decoder, self.DECODERS)
         check_choice("adversary_input", adversary_input, self.ADVERSARY_INPUTS)
         check_choice("generator_loss", generator_loss, self.GENERATOR_LOSSES)
+        check_choice("adversary_pass", adversary_pass, self.ADVERSARY_PASSES)
         check_choice("stop_on", stop_on, self.STOP_ON)
         self.monitor = f"val_{stop_on}"
         self.min_improvement = float(stop_min_improvement)
         self.n_batches, self.w_gen = n_batches, w_gen
         self.decoder_kind, self.adversary_input, self.generator_loss = decoder, adversary_input, generator_loss
-        self.adversary_steps = int(adversary_steps)
+        self.adversary_steps, self.adversary_pass = int(adversary_steps), adversary_pass
         self.w_mix, self.mix_neighbours = float(w_mix), int(mix_neighbours)
         if self.w_mix > 0:
             self.loss_names = self.loss_names + ("mix_loss",)
@@ -530,9 +538,10 @@ class FixedEffectsAE(AutoEncoder):
     def _generator(self, z, z_pred):
         return _confusion(z_pred) if self.generator_loss == "confusion" else -_cce(z, z_pred)
 
-    def loss_terms(self, inputs, training):
+    def loss_terms(self, inputs, training, acts=None):
+        """The loss terms of a minibatch; ``acts``: the encoder's activations of ``inputs[0]`` if already run."""
         x, z = inputs[0], inputs[1]
-        acts = self.encoder(x, training=training)
+        acts = self.encoder(x, training=training) if acts is None else acts
         recon = _mse(x, self.decode(acts[-1], z, training))
         z_pred = self.adversary(self._adversary_features(acts), training=False)
         out = {"recon_loss": recon, "adv_loss": _cce(z, z_pred), "adv_acc": _accuracy(z, z_pred)}
@@ -575,13 +584,14 @@ class FixedEffectsAE(AutoEncoder):
         adv = {id(v) for v in self.adversary.trainable_weights}
         return [v for v in self.trainable_weights if id(v) not in adv]
 
-    def adversary_step(self, x, z):
-        """``adversary_steps`` updates of the adversary alone on one minibatch (the encoder runs once, outside
-        the tape). Returns the last loss. The updates run in a ``tf.while_loop``, not unrolled: the same
+    def adversary_step(self, x, z, features=None):
+        """``adversary_steps`` updates of the adversary alone on one minibatch; ``features``: its input already
+        computed from the encoder's activations (:meth:`_adversary_features`), else the encoder runs once here,
+        outside the tape. Returns the last loss. The updates run in a ``tf.while_loop``, not unrolled: the same
         arithmetic (identical weights), a graph that does not grow with ``adversary_steps``, and a training
         step that traces in about two thirds of the time with the default five steps. Under a
         ``tf.distribute`` strategy they are unrolled (its optimiser updates cannot run inside a loop)."""
-        h = ops.stop_gradient(self._adversary_input(x, True))
+        h = ops.stop_gradient(self._adversary_input(x, True) if features is None else features)
         weights = self.adversary.trainable_weights
 
         def update(step, _):
@@ -600,11 +610,18 @@ class FixedEffectsAE(AutoEncoder):
                              (tf.constant(0), tf.constant(0.0)))[1]
 
     def train_step(self, data):
+        """The adversary's updates, then the autoencoder's (``adversary_pass``: one encoder pass or two)."""
         inputs = data[0]
-        self.adversary_step(inputs[0], inputs[1])
         weights = self._ae_weights()
+        acts = None
+        if self.adversary_pass == "separate":
+            self.adversary_step(inputs[0], inputs[1])
         with tf.GradientTape() as tape:
-            out = self.loss_terms(inputs, True)
+            if self.adversary_pass == "shared":
+                acts = self.encoder(inputs[0], training=True)
+                with tape.stop_recording():
+                    self.adversary_step(inputs[0], inputs[1], features=self._adversary_features(acts))
+            out = self.loss_terms(inputs, True, acts=acts)
             scaled = out["loss"] * self.grad_scale
         self.optimizer.apply_gradients(zip(tape.gradient(scaled, weights), weights))
         return self._record(inputs, out)

@@ -20,9 +20,11 @@ from .validate import InputError
 
 #: The FE network's design (see :class:`scmedal_lite.networks.FixedEffectsAE`): the paper's, and the allowed values.
 PAPER_FE_DESIGN = {"decoder": "tied", "adversary_input": "all", "generator_loss": "negative_ce",
-                   "adversary_steps": 1, "stop_on": "loss", "stop_min_improvement": 0.0, "weight_average": 0.0}
+                   "adversary_steps": 1, "adversary_pass": "separate", "stop_on": "loss",
+                   "stop_min_improvement": 0.0, "weight_average": 0.0}
 FE_DESIGN_CHOICES = {"decoder": ("tied", "random_effects"), "adversary_input": ("all", "latent"),
-                     "generator_loss": ("negative_ce", "confusion"), "stop_on": ("loss", "recon_loss")}
+                     "generator_loss": ("negative_ce", "confusion"), "adversary_pass": ("separate", "shared"),
+                     "stop_on": ("loss", "recon_loss")}
 #: The RE network's design (see :class:`scmedal_lite.networks.RandomEffectsAE`): the paper's, and the allowed values.
 PAPER_RE_DESIGN = {"output_init": "paper"}
 RE_DESIGN_CHOICES = {"output_init": ("paper", "data")}
@@ -51,6 +53,10 @@ PRESETS: dict[str, dict] = {
         # the current adversary (book/method.md, "What the default changes").
         "fe_design": {"decoder": "random_effects", "adversary_input": "latent", "generator_loss": "confusion",
                       "adversary_steps": 5, "stop_on": "recon_loss", "mix_neighbours": 5,
+                      # one encoder pass per step, shared by the adversary's updates and the autoencoder's
+                      # (the paper runs the encoder again for the adversary; book/method.md, "One encoder
+                      # pass per step").
+                      "adversary_pass": "shared",
                       # a new best must beat the last counted one by 0.3 % to reset the patience: gains
                       # below that on a plateau are noise (book/method.md, "When FE stops").
                       "stop_min_improvement": 0.003,

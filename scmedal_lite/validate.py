@@ -371,7 +371,7 @@ def parse_settings(part: str, values, defaults: dict) -> dict:
 
 def parse_fe_design(values) -> dict:
     """Check user overrides of the FE network's design (``decoder``, ``adversary_input``, ``generator_loss``,
-    ``stop_on``: one of their choices; ``adversary_steps``, ``mix_neighbours``: an integer >= 1;
+    ``adversary_pass``, ``stop_on``: one of their choices; ``adversary_steps``, ``mix_neighbours``: an integer >= 1;
     ``weight_average``: a momentum in [0, 1), 0 for off; ``stop_min_improvement``: a fraction in [0, 1)).
     Values may be strings."""
     from .presets import FE_DESIGN_CHOICES

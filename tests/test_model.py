@@ -297,6 +297,21 @@ def test_fe_stop_min_improvement_is_the_default_fe_design_and_checked(synth):
             sm.SCMEDAL(synth, "batch", "celltype", fe_design={"stop_min_improvement": bad})
 
 
+def test_adversary_pass_is_shared_by_default_and_separate_for_the_paper_and_old_models(synth):
+    """The default FE runs its encoder once per step; the paper's presets, and models saved before the setting
+    existed (their fe_design lacks it), run it twice as the authors' code does."""
+    assert sm.presets.PRESETS["default"]["fe_design"]["adversary_pass"] == "shared"
+    assert all(sm.presets.PRESETS[name]["fe_design"]["adversary_pass"] == "separate"
+               for name in ("paper", "AML", "ASD", "HH"))
+    model = sm.SCMEDAL(synth, "batch", "celltype", **SMALL)
+    assert model._build("fe").adversary_pass == "shared"
+    assert sm.SCMEDAL(synth, "batch", "celltype", preset="paper", **SMALL)._build("fe").adversary_pass == "separate"
+    del model.config["fe_design"]["adversary_pass"]              # as saved before the setting
+    assert model._build("fe").adversary_pass == "separate"
+    with pytest.raises(sm.InputError, match="adversary_pass"):
+        sm.SCMEDAL(synth, "batch", "celltype", fe_design={"adversary_pass": "twice"})
+
+
 def test_gene_moments_match_numpy_over_chunks_and_subsample():
     x = np.random.default_rng(0).normal(2.0, 3.0, size=(1000, 7)).astype("float32")
     mean, std = gene_moments(x, chunk_size=64)

@@ -221,6 +221,31 @@ def test_adversary_loop_gives_the_unrolled_updates(data, monkeypatch):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("adversary_input", ["latent", "all"])
+def test_shared_encoder_pass_gives_the_separate_passes_weights(data, adversary_input):
+    """``adversary_pass="shared"`` runs the encoder once per step: the adversary's and the autoencoder's updates
+    are those of the paper's two passes (the same activations), and batch normalisation's moving statistics take
+    one update per step instead of two (moving = m·moving + (1 − m)·batch statistic, applied once)."""
+    import tensorflow as tf
+    x, z = data
+    nets = {}
+    for adversary_pass in ("separate", "shared"):
+        keras.utils.set_random_seed(0)
+        net = FixedEffectsAE(20, 3, hidden=(16, 8), latent_dim=4, seed=0, adversary_steps=2,
+                             adversary_input=adversary_input, adversary_pass=adversary_pass)
+        net.compile(keras.optimizers.Adam(1e-2), keras.optimizers.Adam(1e-2))
+        tf.function(net.train_step, autograph=False)(((x, z),))
+        nets[adversary_pass] = net
+    separate, shared = nets["separate"], nets["shared"]
+    for a, b in zip(snapshot(separate.trainable_weights), snapshot(shared.trainable_weights)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    norm = shared.encoder.norms[0]
+    assert norm is not None and float(np.abs(np.asarray(norm.moving_mean)).max()) > 0
+    # from a zero moving mean: one update leaves (1 - m)·mean, two leave (1 - m)·mean·(1 + m)
+    np.testing.assert_allclose(np.asarray(separate.encoder.norms[0].moving_mean),
+                               np.asarray(norm.moving_mean) * (1 + norm.momentum), rtol=1e-5, atol=1e-7)
+
+
 def test_fe_tied_decoder_has_no_kernels_of_its_own():
     net = FixedEffectsAE(20, 3, hidden=(16, 8), latent_dim=4)
     net.build()

@@ -56,12 +56,16 @@ def _dense(X):
 RE_OUTPUT_INIT = None
 #: ``--small-data-w-keep``: FE's guard weight below 4,096 training cells (None: the default preset's; 0: off).
 SMALL_DATA_W_KEEP = None
+#: ``fe_design["adversary_pass"]`` (--adversary-pass; None: the package default).
+ADVERSARY_PASS = None
 
 
 def train(adata, batch_key, labels_key, seed):
     design = {} if RE_OUTPUT_INIT is None else {"re_design": {"output_init": RE_OUTPUT_INIT}}
     if SMALL_DATA_W_KEEP is not None:
         design["schedule"] = {"small_data_w_keep": SMALL_DATA_W_KEEP}
+    if ADVERSARY_PASS is not None:
+        design["fe_design"] = {"adversary_pass": ADVERSARY_PASS}
     model = sm.SCMEDAL(adata, batch_key, labels_key, seed=seed, **design)
     t0 = time.perf_counter()
     model.train(seed=seed, progress=False)
@@ -223,10 +227,14 @@ def main():
     ap.add_argument("--small-data-w-keep", type=float, default=None,
                     help="FE's neighbour-keeping weight below 4,096 training cells (default: the package "
                          "default; 0: the guard off, as before it was the default)")
+    ap.add_argument("--adversary-pass", choices=("separate", "shared"), default=None,
+                    help="FE's encoder passes per step (default: the package default, 'shared'; 'separate': "
+                         "the paper's two)")
     ap.add_argument("--out", default=os.path.join(HERE, "results", "counterfactual_truth"))
     args = ap.parse_args()
-    global RE_OUTPUT_INIT, SMALL_DATA_W_KEEP
+    global RE_OUTPUT_INIT, SMALL_DATA_W_KEEP, ADVERSARY_PASS
     RE_OUTPUT_INIT, SMALL_DATA_W_KEEP = args.re_output_init, args.small_data_w_keep
+    ADVERSARY_PASS = args.adversary_pass
     warnings.filterwarnings("ignore", category=sm.UnseenBatchWarning)
     designs = [d.strip() for d in args.designs.split(",") if d.strip()]
     t_start = time.perf_counter()

@@ -258,6 +258,10 @@ def score(prepared: str, spec: dict, infos: dict, args, log) -> pd.DataFrame:
     own = metrics.score_embeddings(emb, batch, labels, seed=args.seed,
                                    metrics=["asw", "knn_batch_fraction", "knn_batch_fraction_expected"])
     rows += list(own.itertuples(index=False, name=None))
+    for key, e in emb.items():           # the linear batch effect left, overall and within cell types
+        rows.append((key, "batch_variance_share", "batch", metrics.batch_variance_share(e, batch)))
+        rows.append((key, "batch_variance_share", "within celltype",
+                     metrics.batch_variance_share(e, batch, groups=labels)))
     if importlib.util.find_spec("scib_metrics") is not None:
         obs = adata.obs.loc[test, [spec["batch_key"], spec["labels_key"]]]
         cells = anndata.AnnData(X=adata.X[test], obs=obs)
@@ -290,6 +294,10 @@ def _fmt(v, digits=3):
     return "" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.{digits}f}"
 
 
+def _pair(a, b, digits=3):
+    return "" if a is None else _fmt(a, digits) + ("" if b is None else f" ({_fmt(b, digits)})")
+
+
 def dataset_table(df: pd.DataFrame) -> pd.DataFrame:
     """One data set's summary: a row per method, resources, the package's scores and scib's aggregates."""
     def get(method, metric, label):
@@ -308,6 +316,8 @@ def dataset_table(df: pd.DataFrame) -> pd.DataFrame:
             "epochs": "" if epochs is None else f"{epochs:.0f}",
             "kNN same-batch": _fmt(get(key, "knn_batch_fraction", "batch")),
             "batch ASW": _fmt(get(key, "asw", "batch")), "cell-type ASW": _fmt(get(key, "asw", "celltype")),
+            "batch variance share (within cell types)": _pair(get(key, "batch_variance_share", "batch"),
+                                                              get(key, "batch_variance_share", "within celltype")),
             "scIB batch": _fmt(get(key, "Batch correction", "Aggregate score")),
             "scIB bio": _fmt(get(key, "Bio conservation", "Aggregate score")),
             "scIB total": _fmt(get(key, "Total", "Aggregate score")),
@@ -341,6 +351,10 @@ def _notes(notes_run: list[str]) -> list[str]:
         "- **kNN same-batch**: mean fraction of a test cell's 15 nearest neighbours (Euclidean, itself "
         "excluded) from its own batch; the value under perfect mixing is given under each table. "
         "**batch / cell-type ASW**: the paper's silhouette widths (lower batch ASW = better mixed).",
+        "- **batch variance share**: the share of the embedding's variance that the batches' means explain "
+        "(`sm.metrics.batch_variance_share`; the quantity behind scIB's PCR comparison), and in brackets the "
+        "same within cell types (each type centred on its own mean): the linear batch effect left once the "
+        "batches' cell-type make-up no longer counts. Lower = less batch left.",
         "- **scIB batch / bio / total**: scib-metrics 0.5.10's Benchmarker with its default metrics "
         "(`sm.metrics.scib_benchmark`), unscaled: batch = mean of BRAS, iLISI, kBET, graph connectivity, "
         "PCR comparison; bio = mean of isolated labels, KMeans NMI, KMeans ARI, silhouette label, cLISI; "

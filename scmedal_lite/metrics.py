@@ -274,7 +274,7 @@ def within_batch_neighbours_kept(X, reference, batch, k: int = 15) -> float:
     return float(kept / counted)
 
 
-def batch_variance_share(X, batch) -> float:
+def batch_variance_share(X, batch, groups=None) -> float:
     """Share of an embedding's total variance that its batches' means explain (the ``R²`` of every dimension
     regressed on the batch, pooled over dimensions): 0 when every batch has the same mean, 1 when each batch is a
     single point.
@@ -284,15 +284,30 @@ def batch_variance_share(X, batch) -> float:
     cell-type make-up keep some of it after a correct integration, so compare embeddings of the same cells.
     Under no batch effect it is about ``(batches - 1) / (cells - 1)``.
 
+    ``groups`` (e.g. cell types) gives the share *within* groups instead: each group is centred on its own mean
+    and its batches' means are taken within it, so the make-up of the batches no longer counts, only how far
+    a batch's cells of one group sit from the other batches' cells of that group.
+
     >>> import numpy as np
     >>> rng = np.random.default_rng(0)
     >>> x, batch = rng.normal(size=(1000, 3)), np.repeat([0, 1], 500)
     >>> round(batch_variance_share(x, batch), 2), round(batch_variance_share(x + 4 * batch[:, None], batch), 2)
     (0.0, 0.8)
+    >>> kind = np.tile([0, 1], 500)                      # two groups, both in both batches
+    >>> round(batch_variance_share(x + 4 * kind[:, None], batch, groups=kind), 2)
+    0.0
     """
     X = _as_embedding(X).astype("float64")
     codes = _codes(batch, "batch", X.shape[0])
-    centred = X - X.mean(axis=0)
+    if groups is None:
+        centred = X - X.mean(axis=0)
+    else:
+        group_codes = _codes(groups, "groups", X.shape[0])
+        counts = np.bincount(group_codes).astype("float64")
+        sums = np.zeros((counts.size, X.shape[1]))
+        np.add.at(sums, group_codes, X)
+        centred = X - (sums / np.maximum(counts, 1.0)[:, None])[group_codes]
+        codes = group_codes * (codes.max() + 1) + codes          # a batch's cells of one group
     counts = np.bincount(codes).astype("float64")
     sums = np.zeros((counts.size, X.shape[1]))
     np.add.at(sums, codes, centred)

@@ -398,3 +398,29 @@ def test_batch_variance_share_known_answers_and_errors():
         batch_variance_share(np.ones((10, 2)), ["a"] * 5 + ["b"] * 5)
     with pytest.raises(InputError, match="entries"):
         batch_variance_share(x, three[:10])
+
+
+def test_batch_variance_share_within_groups_ignores_the_batches_make_up():
+    """Within groups: two batches with no shift but different cell-type make-up score near 0 within types and
+    clearly above it overall; a shift of each batch within every type scores the same R² as the regression on
+    (type, batch) minus the regression on type alone, pooled; mismatched groups are a named error."""
+    from scmedal_lite.metrics import batch_variance_share
+    from scmedal_lite.validate import InputError
+
+    rng = np.random.default_rng(5)
+    kind = np.repeat(["T", "B"], 500)
+    batch = np.where(rng.random(1000) < np.where(kind == "T", 0.8, 0.2), "b1", "b2")   # make-up differs
+    x = rng.normal(size=(1000, 3)) + 5 * (kind == "B")[:, None]
+    assert batch_variance_share(x, batch) > 0.2
+    assert batch_variance_share(x, batch, groups=kind) < 0.01
+    shifted = x + 1.5 * (batch == "b2")[:, None]
+    cells = kind + batch
+
+    def residual(design):
+        onehot = (design[:, None] == np.unique(design)).astype(float)
+        return shifted - onehot @ np.linalg.lstsq(onehot, shifted, rcond=None)[0]
+
+    expected = 1 - np.sum(residual(cells) ** 2) / np.sum(residual(kind) ** 2)
+    assert batch_variance_share(shifted, batch, groups=kind) == pytest.approx(expected, rel=1e-9)
+    with pytest.raises(InputError, match="groups"):
+        batch_variance_share(x, batch, groups=kind[:10])

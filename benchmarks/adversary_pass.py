@@ -30,7 +30,6 @@ from speed import dense_flops, matmul_rates
 import scmedal_lite as sm
 from scmedal_lite import networks as N
 from scmedal_lite.io import write_json, write_text
-from scmedal_lite.model import principal_axes
 from scmedal_lite.presets import get_preset
 from scmedal_lite.training import _epoch, _steps, seed_everything
 
@@ -101,10 +100,9 @@ def epochs(adata, label: str, n_epochs: int) -> list[dict]:
         seed_everything(0)
         net = model._build("fe")
         net.compile(learning_rate=1e-3)
-        if getattr(net, "w_keep", 0) > 0:                      # the small-data guard, as train() sets it
-            net.set_keep_reference(*principal_axes(model._inputs("fe", adata, model.train_mask)[0], seed=0))
-        runs[adversary_pass] = (net, _steps(net, None, False), model._inputs("fe", adata, model.train_mask),
-                                model._inputs("fe", adata, model.val_mask), [])
+        train = model._inputs("fe", adata, model.train_mask)
+        model._set_training_references(net, train, 0)          # the small-data guard's axes, as train() sets them
+        runs[adversary_pass] = (net, _steps(net, None, False), train, model._inputs("fe", adata, model.val_mask), [])
     n_train = int(model.train_mask.sum())
     batch_size = model.config["schedule"]["batch_size"]
     for epoch in range(n_epochs):

@@ -463,6 +463,16 @@ class SCMEDAL:
                 batch_size = fitted_batch_size(n_train, batch_size, sched.get("re_min_steps_per_epoch"))
         return as_int("batch_size", batch_size, minimum=1)
 
+    @staticmethod
+    def _set_training_references(net, train, seed: int) -> None:
+        """What ``net`` takes from its training inputs ``train`` before it trains: the principal axes of the
+        neighbour-keeping term (FE with ``w_keep``) and the per-gene moments of the output (RE with
+        ``output_init="data"``); nothing for the other networks."""
+        if getattr(net, "w_keep", 0) > 0:
+            net.set_keep_reference(*principal_axes(train[0], seed=seed))
+        if getattr(net, "output_init", "paper") == "data":
+            net.set_output_moments(*gene_moments(train[0], seed=seed))
+
     def _train_one(self, kind: str, settings: TrainSettings, *, progress: bool, checkpoint_dir: str | None,
                    strategy, on_epoch_end, jit_compile: bool) -> None:
         seed_everything(settings.seed)
@@ -474,10 +484,7 @@ class SCMEDAL:
             net.compile(learning_rate=settings.learning_rate)      # builds its optimisers on its weights
         train = self._inputs(kind, self.adata, self.train_mask)
         val = self._inputs(kind, self.adata, self.val_mask)
-        if getattr(net, "w_keep", 0) > 0:
-            net.set_keep_reference(*principal_axes(train[0], seed=settings.seed))
-        if getattr(net, "output_init", "paper") == "data":
-            net.set_output_moments(*gene_moments(train[0], seed=settings.seed))
+        self._set_training_references(net, train, settings.seed)
         folder = os.path.join(checkpoint_dir, kind) if checkpoint_dir else None
         previous = self.networks.get(kind)
         self.networks[kind] = net          # usable from on_epoch_end while it trains

@@ -37,18 +37,22 @@ from jupyter_cache.executors.utils import single_nb_execution
 
 # Shared with `scmedal-lite run`: the chapter that trains its own model per fold (the longest) runs beside chapter
 # 00, and a kernel may take minutes to start while another chapter trains on both CPUs.
-from scmedal_lite.cli import KERNEL_START_TIMEOUT, WITHOUT_MODEL
+from scmedal_lite.cli import KERNEL_START_TIMEOUT, WITHOUT_MODEL, retry_kernel_start
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 class ChapterWorker(ExecutionWorkerLocalMProc):
-    """jupyter-cache's worker (each chapter in its own folder) with a kernel start-up timeout of minutes."""
+    """jupyter-cache's worker (each chapter in its own folder) with a kernel start-up timeout of minutes, and a
+    new start when the kernel dies while starting (two chapters starting at once, each in its own process, can
+    pick the same free port; :func:`scmedal_lite.cli.retry_kernel_start`)."""
 
     @staticmethod
     def execute(project_nb, data: ProcessData):
-        return single_nb_execution(project_nb.nb, cwd=str(Path(project_nb.uri).parent), timeout=data.timeout,
-                                   allow_errors=data.allow_errors, startup_timeout=KERNEL_START_TIMEOUT)
+        return retry_kernel_start(
+            lambda: single_nb_execution(project_nb.nb, cwd=str(Path(project_nb.uri).parent), timeout=data.timeout,
+                                        allow_errors=data.allow_errors, startup_timeout=KERNEL_START_TIMEOUT),
+            Path(project_nb.uri).name, say=lambda message: print(message, flush=True))
 
 
 def chapters() -> list[Path]:

@@ -61,6 +61,13 @@ WITHOUT_MODEL = ("04_classification",)
 #: Seconds a notebook's kernel may take to start (nbclient's default is 60). Two chapters at a time on 2 CPUs,
 #: one of them training, have kept a new kernel from answering within a minute; a slow start is not a failure.
 KERNEL_START_TIMEOUT = 600
+#: Starts of a notebook's kernel before its death at start-up counts as a failure. A kernel binds ports chosen
+#: (free) just before it starts; another kernel started at the same moment by another process can take one of
+#: them first, and the kernel then dies before it replies (jupyter_client's known start-up race). A new start
+#: picks new ports.
+KERNEL_START_TRIES = 3
+#: What nbclient / jupyter_client raise (a RuntimeError) when a kernel dies while starting.
+KERNEL_DIED = "Kernel died before replying to kernel_info"
 REQUIRED = ("results/scores.csv", "results/classification.csv", "adata.h5ad", "report/index.html")
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
@@ -293,17 +300,49 @@ def _run_notebook(checked, name, parameters, work, args, bars: bool) -> tuple[st
         # The kernel starts in nb_out through nbclient's resources, not papermill's cwd=: that changes the
         # working folder of this whole process for the run, so with --jobs > 1 a notebook that ends puts it back
         # while another is starting its kernel, which then writes its results beside the input instead.
-        pm.execute_notebook(src, dst, parameters=parameters, kernel_name="python3",
-                            resources={"metadata": {"path": os.path.abspath(nb_out)}},
-                            progress_bar=bars and not args.quiet, log_output=bool(args.verbose),
-                            execution_timeout=args.timeout, start_timeout=KERNEL_START_TIMEOUT)
+        retry_kernel_start(
+            lambda: pm.execute_notebook(src, dst, parameters=parameters, kernel_name="python3",
+                                        resources={"metadata": {"path": os.path.abspath(nb_out)}},
+                                        progress_bar=bars and not args.quiet, log_output=bool(args.verbose),
+                                        execution_timeout=args.timeout, start_timeout=KERNEL_START_TIMEOUT),
+            name, say=lambda message: _say(args, message))
     except pm.PapermillExecutionError as err:
         raise _RunFailed(f"notebook {name} failed: {err.ename}: {err.evalue} (the executed notebook is "
                          f"{dst}; fix the cause and rerun with --resume to continue, or without it to "
                          f"start afresh)") from None
+    except RuntimeError as err:
+        if KERNEL_DIED not in str(err):
+            raise
+        raise _RunFailed(f"notebook {name} failed: its kernel died while starting, {KERNEL_START_TRIES} times "
+                         f"(check that `{sys.executable} -m ipykernel_launcher --help` runs; then rerun with "
+                         f"--resume to continue)") from None
     seconds = round(time.perf_counter() - t0, 1)
     _mark_done(work, name, seconds)
     return dst, seconds
+
+
+def retry_kernel_start(run, name: str, say=print, tries: int = KERNEL_START_TRIES):
+    """``run()`` (which starts a kernel and executes notebook ``name``), started again when the kernel died
+    before it replied (:data:`KERNEL_DIED`): at most ``tries`` starts in all; ``say`` reports each new start.
+    Any other error, and the last start's, is raised as it is. Returns ``run()``'s result.
+
+    >>> calls = []
+    >>> def flaky():
+    ...     calls.append(1)
+    ...     if len(calls) == 1:
+    ...         raise RuntimeError(KERNEL_DIED)
+    ...     return "done"
+    >>> retry_kernel_start(flaky, "00_quickstart", say=lambda m: None), len(calls)
+    ('done', 2)
+    """
+    for start in range(1, tries + 1):
+        try:
+            return run()
+        except RuntimeError as err:
+            if KERNEL_DIED not in str(err) or start == tries:
+                raise
+            say(f"      {name}: its kernel died while starting (another kernel may have taken its port); "
+                f"starting it again ({start + 1} of {tries})")
 
 
 def default_jobs(cpus: int | None = None) -> int:

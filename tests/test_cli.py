@@ -327,6 +327,43 @@ def test_after_a_failure_no_further_notebook_starts(data, tmp_path, monkeypatch,
     assert "00_quickstart failed" in capsys.readouterr().err
 
 
+def test_a_kernel_that_dies_while_starting_is_started_again(data, tmp_path, monkeypatch, capsys):
+    """Two kernels started at once can pick the same free port, and one then dies before it replies
+    (jupyter_client's start-up race): the notebook is started again, up to KERNEL_START_TRIES times in all; a
+    kernel that dies every time fails the run with a message that says so; other errors are not retried."""
+    import papermill
+
+    starts, ran = [], []
+    runner = fake_runner(ran=ran)
+
+    def dies_once(src, dst, parameters, **kw):
+        starts.append(Path(src).stem)
+        if Path(src).stem == "02_random_effects" and starts.count("02_random_effects") == 1:
+            raise RuntimeError(cli.KERNEL_DIED)
+        return runner(src, dst, parameters, **kw)
+
+    monkeypatch.setattr(papermill, "execute_notebook", dies_once)
+    assert cli.main(args(data, tmp_path / "run")) == 0
+    assert starts.count("02_random_effects") == 2 and sorted(ran) == sorted(cli.NOTEBOOKS)
+    assert "02_random_effects: its kernel died while starting" in capsys.readouterr().out
+
+    starts.clear()
+    monkeypatch.setattr(papermill, "execute_notebook",
+                        lambda src, *a, **kw: starts.append(Path(src).stem) or _raise(RuntimeError(cli.KERNEL_DIED)))
+    assert cli.main(args(data, tmp_path / "again")) == cli.EXIT_FAILED
+    assert starts == ["00_quickstart"] * cli.KERNEL_START_TRIES
+    assert f"its kernel died while starting, {cli.KERNEL_START_TRIES} times" in capsys.readouterr().err
+
+    calls = []
+    with pytest.raises(RuntimeError, match="something else"):
+        cli.retry_kernel_start(lambda: calls.append(1) or _raise(RuntimeError("something else")), "x")
+    assert calls == [1]
+
+
+def _raise(err):
+    raise err
+
+
 def test_default_jobs():
     assert cli.default_jobs(1) == 1 and cli.default_jobs(2) == 2 and cli.default_jobs(64) == 2
 

@@ -274,6 +274,14 @@ def within_batch_neighbours_kept(X, reference, batch, k: int = 15) -> float:
     return float(kept / counted)
 
 
+def _sums_by(codes: np.ndarray, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows per code and the column sums of ``X``'s rows per code (codes ``0..K-1``)."""
+    counts = np.bincount(codes).astype("float64")
+    sums = np.zeros((counts.size, X.shape[1]))
+    np.add.at(sums, codes, X)
+    return counts, sums
+
+
 def batch_variance_share(X, batch, groups=None) -> float:
     """Share of an embedding's total variance that its batches' means explain (the ``R²`` of every dimension
     regressed on the batch, pooled over dimensions): 0 when every batch has the same mean, 1 when each batch is a
@@ -303,14 +311,10 @@ def batch_variance_share(X, batch, groups=None) -> float:
         centred = X - X.mean(axis=0)
     else:
         group_codes = _codes(groups, "groups", X.shape[0])
-        counts = np.bincount(group_codes).astype("float64")
-        sums = np.zeros((counts.size, X.shape[1]))
-        np.add.at(sums, group_codes, X)
+        counts, sums = _sums_by(group_codes, X)
         centred = X - (sums / np.maximum(counts, 1.0)[:, None])[group_codes]
         codes = group_codes * (codes.max() + 1) + codes          # a batch's cells of one group
-    counts = np.bincount(codes).astype("float64")
-    sums = np.zeros((counts.size, X.shape[1]))
-    np.add.at(sums, codes, centred)
+    counts, sums = _sums_by(codes, centred)
     between = float(np.sum(sums ** 2 / np.maximum(counts, 1.0)[:, None]))
     total = float(np.sum(centred ** 2))
     if total == 0.0:

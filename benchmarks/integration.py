@@ -88,7 +88,7 @@ DATASETS = {
     "pancreas_studies": {"batch_key": "Dataset", "labels_key": "cell_type",
                          "title": "The same pancreas cells, batches = the 4 studies (`sm.datasets.pancreas()`, "
                                   "`Dataset`)",
-                         "why": "the 4 studies (189-1,674 cells) differ in assay and in whole cells against "
+                         "why": "The 4 studies (189-1,674 cells) differ in assay and in whole cells against "
                                 "nuclei (`suspension_type`): few, large, strongly different batches, unlike "
                                 "COVID's 63 samples and the atlas's 20 donors. Same cell types as above."},
 }

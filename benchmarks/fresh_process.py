@@ -1,13 +1,14 @@
 """Measure each variant of one thing in a fresh Python process, the variants alternating, and write the results.
 
-Used by ``trace_time.py`` and ``scib_gc.py``: nothing is cached between measurements (traced graphs, compiled jax
-functions, imported modules), and alternating spreads a shared machine's changing load over all variants.
-A script calls :func:`alternate` in its main process and, with ``--worker VARIANT``, prints one measurement with
-:func:`report`.
+Used by ``trace_time.py``, ``scib_gc.py`` and ``umap_precompile.py``: nothing is cached between measurements (traced
+graphs, compiled jax functions, imported modules), and alternating spreads a shared machine's changing load over all
+variants. A script calls :func:`alternate` in its main process and, with ``--worker VARIANT``, prints one
+measurement with :func:`report`.
 
     runs = alternate(__file__, ("a", "b"), rounds=3)          # {"a": [result, ...], "b": [...]}
 """
 
+import argparse
 import json
 import os
 import platform
@@ -30,6 +31,30 @@ def alternate(script: str, variants, rounds: int, args=()) -> dict:
             runs[variant].append(json.loads(next(line for line in out.splitlines()
                                                  if line.startswith("RESULT "))[7:]))
     return runs
+
+
+def run_on_cells(script: str, doc: str, variants, measure, *, rounds: int, cells: int, out: str, argv=None):
+    """The command line of a script that measures ``variants`` on a number of cells: ``--rounds``, ``--cells``,
+    ``--out`` (defaults given here) and the hidden ``--worker VARIANT``. In a worker it prints
+    ``measure(variant, cells)`` (:func:`report`) and returns None; otherwise it runs every variant in fresh
+    processes, alternating (:func:`alternate`), and returns ``(args, runs, load)``, the load averages at the
+    start and the end.
+
+        parsed = run_on_cells(__file__, __doc__, VARIANTS, measure, rounds=3, cells=2000, out=OUT)
+    """
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=rounds)
+    ap.add_argument("--cells", type=int, default=cells)
+    ap.add_argument("--out", default=out)
+    ap.add_argument("--worker", choices=variants, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker:
+        report(measure(args.worker, args.cells))
+        return None
+    load = {"start": [round(x, 2) for x in os.getloadavg()]}
+    runs = alternate(script, variants, args.rounds, ["--cells", args.cells])
+    load["end"] = [round(x, 2) for x in os.getloadavg()]
+    return args, runs, load
 
 
 def processor() -> str:

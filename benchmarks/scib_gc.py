@@ -14,13 +14,12 @@ Writes ``benchmarks/results/scib_gc.{json,md}``. Needs the ``[scib]`` extra.
     .venv/bin/python benchmarks/scib_gc.py [--rounds 2] [--cells 1000]
 """
 
-import argparse
 import contextlib
 import os
 import statistics
 import time
 
-from fresh_process import alternate, machine, report, write
+from fresh_process import machine, run_on_cells, write
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 VARIANTS = ("skipped", "forced")
@@ -56,18 +55,11 @@ def measure(variant: str, n_cells: int) -> dict:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--cells", type=int, default=1000)
-    ap.add_argument("--out", default=os.path.join(HERE, "results", "scib_gc"))
-    ap.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
-    args = ap.parse_args(argv)
-    if args.worker:
-        report(measure(args.worker, args.cells))
+    parsed = run_on_cells(__file__, __doc__, VARIANTS, measure, rounds=2, cells=1000,
+                          out=os.path.join(HERE, "results", "scib_gc"), argv=argv)
+    if parsed is None:                     # a worker: it printed its measurement
         return
-    load = {"start": [round(x, 2) for x in os.getloadavg()]}
-    runs = alternate(__file__, VARIANTS, args.rounds, ["--cells", args.cells])
-    load["end"] = [round(x, 2) for x in os.getloadavg()]
+    args, runs, load = parsed
     summary = {v: {"first_call_s_median": round(statistics.median(r["first_call_s"] for r in runs[v]), 1),
                    "second_call_s_median": round(statistics.median(r["second_call_s"] for r in runs[v]), 1),
                    "rounds": runs[v]} for v in VARIANTS}

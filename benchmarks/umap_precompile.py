@@ -12,7 +12,6 @@ moved to the install). Variants alternate; medians over rounds.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -21,7 +20,7 @@ import sys
 import tempfile
 import time
 
-from fresh_process import alternate, machine, report, write
+from fresh_process import machine, run_on_cells, write
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 VARIANTS = ("fresh_install", "after_precompile")
@@ -56,18 +55,11 @@ print(json.dumps({{"first_umap_s": times[0], "second_umap_s": times[1],
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--cells", type=int, default=2000)
-    ap.add_argument("--out", default=os.path.join(HERE, "results", "umap_precompile"))
-    ap.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
-    args = ap.parse_args(argv)
-    if args.worker:
-        report(measure(args.worker, args.cells))
+    parsed = run_on_cells(__file__, __doc__, VARIANTS, measure, rounds=3, cells=2000,
+                          out=os.path.join(HERE, "results", "umap_precompile"), argv=argv)
+    if parsed is None:                     # a worker: it printed its measurement
         return
-    load = {"start": [round(x, 2) for x in os.getloadavg()]}
-    runs = alternate(__file__, VARIANTS, args.rounds, ["--cells", args.cells])
-    load["end"] = [round(x, 2) for x in os.getloadavg()]
+    args, runs, load = parsed
 
     def median(variant, key):
         return round(statistics.median(r[key] for r in runs[variant]), 2)

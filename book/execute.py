@@ -7,7 +7,8 @@
   model that the others load; chapter 04, which trains its own model per fold and is the longest, runs beside
   it (``--jobs`` above 1);
 - the other out-of-date chapters run once that model is saved, ``--jobs`` chapters at a time in all (default
-  2), each in a kernel of its own, the shortest (chapter 02, :data:`scmedal_lite.cli.STARTED_LAST`) last.
+  2), each in a kernel of its own; chapter 02 (the shortest on small data; :data:`scmedal_lite.cli.STARTED_LAST`)
+  starts last.
   Much of a chapter is single-threaded (kernel start-up and imports, graph tracing, UMAP, genomap's
   transport, plots), so two kernels keep a 2-CPU machine busier than one (book/performance.md).
 

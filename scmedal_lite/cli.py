@@ -23,12 +23,12 @@ notebooks run with papermill, sharing one trained model, and ``DIR`` receives::
 
 Notebook 00 trains the shared model; notebook 04, which trains its own model per fold, runs beside it, and the
 other notebooks run once the model is saved, two notebooks at a time in all (``--jobs``; each in a kernel of its
-own; the shortest, notebook 02, starts last). ``DATA.h5ad`` is only read. ``DIR`` is written whole or not at all:
-the run builds everything in ``DIR.partial`` and moves it to ``DIR`` in one step when every notebook has run; an
-existing non-empty ``DIR`` is refused unless ``--overwrite``. A run that was killed or failed leaves
-``DIR.partial``, with a marker for each notebook that completed: ``--resume`` (same input and parameters) reuses
-those notebooks and the trained model and runs the rest; without ``--resume`` an old ``DIR.partial`` is removed
-and the run starts afresh.
+own; notebook 02, the shortest on small data, starts last). ``DATA.h5ad`` is only read. ``DIR`` is written whole
+or not at all: the run builds everything in ``DIR.partial`` and moves it to ``DIR`` in one step when every
+notebook has run; an existing non-empty ``DIR`` is refused unless ``--overwrite``. A run that was killed or failed
+leaves ``DIR.partial``, with a marker for each notebook that completed: ``--resume`` (same input and parameters)
+reuses those notebooks and the trained model and runs the rest; without ``--resume`` an old ``DIR.partial`` is
+removed and the run starts afresh.
 
 The flags say everything: the ``SCMEDAL_*`` environment variables that the notebooks otherwise read
 (:data:`scmedal_lite.tutorial.ENVIRONMENT`) are ignored. Progress goes to stdout (one line per notebook) and a
@@ -59,8 +59,9 @@ NOTEBOOKS = ("00_quickstart", "01_batch_suppression", "02_random_effects", "03_g
 #: Notebooks that do not use the shared model (the cross-validation trains a model per fold). With ``--jobs``
 #: above 1 they start beside notebook 00 instead of waiting for its model; they are also the longest.
 WITHOUT_MODEL = ("04_classification",)
-#: Of the notebooks that load the shared model, these start last: chapter 2 is the shortest of them on small and
-#: large data (1,713 and 30,534 COVID cells), so with two at a time a longer one does not end alone.
+#: Of the notebooks that load the shared model, these start last. On small data chapter 2 is the shortest of them
+#: (1,713 COVID cells: 29-31 s against 43-59 s), so with two at a time a longer one does not end alone; on all
+#: 30,534 cells chapters 2 and 3 run one after the other beside chapter 1 in either order, so it changes nothing.
 STARTED_LAST = ("02_random_effects",)
 #: Seconds a notebook's kernel may take to start (nbclient's default is 60). Two chapters at a time on 2 CPUs,
 #: one of them training, have kept a new kernel from answering within a minute; a slow start is not a failure.

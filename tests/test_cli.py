@@ -272,7 +272,7 @@ def test_jobs_run_the_model_free_notebook_beside_the_first_and_the_others_after_
                                                                                    capsys):
     """--jobs 2: notebook 04 (a model per fold, no shared model) starts beside notebook 00 (which trains the
     shared model); no notebook that loads the model starts before 00 has finished, and of those the shortest
-    (cli.STARTED_LAST) starts last; two run at once, never more; run.json records the setting and every
+    on small data (cli.STARTED_LAST) starts last; two run at once, never more; run.json records the setting and every
     notebook's seconds in the notebooks' order. --jobs 1 keeps the book's order."""
     import threading
     import time

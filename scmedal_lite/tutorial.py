@@ -40,7 +40,15 @@ from scipy import sparse
 
 from . import __version__
 from .pp import SPLIT_KEY, split_masks
-from .validate import InputError, as_bool, as_int, check_batches, check_obs_key, looks_like_counts
+from .validate import (
+    InputError,
+    as_bool,
+    as_int,
+    check_batches,
+    check_choice,
+    check_obs_key,
+    looks_like_counts,
+)
 
 log = logging.getLogger(__name__)
 
@@ -413,13 +421,15 @@ class GenomapChoices:
     group_of_batch: dict | None
     n_cells: int
     n_iter: int
+    layout: str = "euclidean"
 
     def describe(self) -> pd.DataFrame:
         """The choices as a small table, for the notebook to show."""
         rows = {"cell type column": self.labels_key, "cell type": self.cell_type,
                 "cells of that type": len(self.cells), "batches shown": ", ".join(self.shown_batches),
                 "groups compared": " vs ".join(self.groups) if self.groups else "(no condition)",
-                "cells in the stack": self.n_cells, "genomap iterations": self.n_iter}
+                "cells in the stack": self.n_cells, "genomap layout": self.layout,
+                "genomap iterations (at most)": self.n_iter}
         return pd.DataFrame({"value": list(rows.values())}, index=list(rows))
 
 
@@ -445,7 +455,8 @@ def _shown_and_groups(adata: AnnData, p: Params, cells: pd.Index):
 
 
 def genomap_choices(adata: AnnData, p: Params, *, labels_key: str | None = None, cell_type: str | None = None,
-                    n_cells: int | None = None, n_iter: int | None = None) -> GenomapChoices:
+                    n_cells: int | None = None, n_iter: int | None = None,
+                    layout: str | None = None) -> GenomapChoices:
     """Notebook 03's data-set-specific choices, each overridable (its parameters cell passes them through).
 
     - ``labels_key``: the column to choose cells from; default :data:`FINE_LABELS_KEY` when it holds the cell
@@ -455,8 +466,15 @@ def genomap_choices(adata: AnnData, p: Params, *, labels_key: str | None = None,
       frequent conditions; without, the two batches with most cells of that type;
     - the groups compared: those two conditions, in the order :data:`PREFERRED_CONTRAST` when both are there
       (the effect is the first minus the second);
-    - ``n_cells`` and ``n_iter``: :data:`GENOMAP_CELLS` and :data:`GENOMAP_ITERATIONS` (quick mode: the smaller).
+    - ``n_cells`` and ``n_iter``: :data:`GENOMAP_CELLS` and :data:`GENOMAP_ITERATIONS` (quick mode: the smaller);
+    - ``layout``: the genomap layout method (:data:`scmedal_lite.genomaps.LAYOUT_METHODS`), default
+      ``"euclidean"``; ``"genomap"`` is the published layout (book/method.md, "What the published genomap
+      layout gets wrong").
     """
+    from .genomaps.layout import LAYOUT_METHODS
+
+    layout = "euclidean" if layout is None else str(layout)
+    check_choice("layout", layout, LAYOUT_METHODS)
     obs = adata.obs
     if labels_key is None:
         fine = FINE_LABELS_KEY in obs and PREFERRED_CELL_TYPES[0] in set(obs[FINE_LABELS_KEY].astype(str))
@@ -470,4 +488,5 @@ def genomap_choices(adata: AnnData, p: Params, *, labels_key: str | None = None,
     n_cells = as_int("n_cells", n_cells if n_cells is not None else GENOMAP_CELLS[p.quick], minimum=2)
     n_iter = as_int("n_iter", n_iter if n_iter is not None else GENOMAP_ITERATIONS[p.quick], minimum=1)
     return GenomapChoices(labels_key=labels_key, cell_type=str(cell_type), cells=cells, shown_batches=shown,
-                          groups=groups, group_of_batch=group_of_batch, n_cells=n_cells, n_iter=n_iter)
+                          groups=groups, group_of_batch=group_of_batch, n_cells=n_cells, n_iter=n_iter,
+                          layout=layout)

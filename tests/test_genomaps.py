@@ -152,7 +152,7 @@ def test_package_last_cell_bug_and_transform_fills_it():
     assert not np.any(g_pkg[-1]), "package bug gone? its last genomap used to be all zeros"
     assert np.any(g_pkg[-2])
 
-    layout = gm.GenomapLayout.fit(x, grid=(6, 6), n_iter=30)
+    layout = gm.GenomapLayout.fit(x, grid=(6, 6), n_iter=30, method="genomap")
     np.testing.assert_allclose(layout.T, T_pkg)
     imgs = layout.transform(x)
     assert imgs.shape == (12, 6, 6)
@@ -166,6 +166,76 @@ def test_package_last_cell_bug_and_transform_fills_it():
     # the 6 surplus pixels (last ones in column-major order) stay empty in every image
     flat_f = imgs.transpose(0, 2, 1).reshape(12, -1)
     assert not np.any(flat_f[:, 30:])
+
+
+def test_grid_distances_are_distances_between_pixels():
+    d = gm.grid_distances(3, 2)  # pixels in genomap's column-major order: (0,0) (1,0) (2,0) (0,1) (1,1) (2,1)
+    assert d.shape == (6, 6)
+    np.testing.assert_allclose(d[0], [0, 1, 2, 1, np.sqrt(2), np.sqrt(5)])
+    np.testing.assert_allclose(d, d.T)
+    assert gm.grid_distances(32, 32, 1000).shape == (1000, 1000)
+
+
+def test_published_grid_distances_are_differences_of_radii():
+    """What the docs say genomap 1.3.6 gets wrong: its pixel "distance" is |r_i - r_j|, r the distance from
+    the grid's centre, so pixels on one ring are at distance 0 and the true distances barely correlate with it."""
+    genomap = gm._import_genomap()
+    published = genomap.createMeshDistance(32, 32)
+    centre = np.array([16.0, 16.0])     # genomap's grid runs from -16 to 15 on each axis
+    radius = np.sqrt(((gm.layout.pixel_coordinates(32, 32) - centre) ** 2).sum(axis=1))
+    np.testing.assert_allclose(published, np.abs(radius[:, None] - radius[None, :]), atol=1e-9)
+    true = gm.grid_distances(32, 32)
+    upper = np.triu_indices(1024, 1)
+    assert np.corrcoef(published[upper], true[upper])[0, 1] < 0.15
+
+
+def planted_modules(n_rows=300, n_modules=6, per_module=16, n_other=28, seed=0):
+    """Rows x genes with a known answer: ``n_modules`` groups of genes that share a factor (r about 0.8 within
+    a group, about 0 between), plus ``n_other`` independent genes; returns (x, module of each gene or -1)."""
+    rng = np.random.default_rng(seed)
+    factors = rng.normal(size=(n_rows, n_modules))
+    module = np.repeat(np.arange(n_modules), per_module)
+    x = factors[:, module] * 2.0 + rng.normal(size=(n_rows, module.size))
+    x = np.concatenate([x, rng.normal(size=(n_rows, n_other))], axis=1)
+    order = rng.permutation(x.shape[1])     # modules scattered over the columns
+    return x[:, order], np.concatenate([module, np.full(n_other, -1)])[order]
+
+
+def test_default_layout_puts_coexpressed_genes_together_and_the_published_one_does_not():
+    x, module = planted_modules()
+    same = module[:, None] == module[None, :]
+    upper = np.triu_indices(module.size, 1)
+    within = (same & (module[:, None] >= 0))[upper]
+    ratios = {}
+    for method in gm.LAYOUT_METHODS:
+        layout = gm.GenomapLayout.fit(x, n_iter=100, method=method)
+        table = layout.gene_table()
+        xy = table[["row", "col"]].to_numpy(float)
+        dist = np.sqrt(((xy[:, None] - xy[None]) ** 2).sum(-1))[upper]
+        ratios[method] = dist[within].mean() / dist.mean()
+        # layout_locality finds the same: the module pairs are the most correlated ones
+        loc = gm.layout_locality(layout, x, n_pairs=int(within.sum()))
+        assert loc["ratio"] == pytest.approx(ratios[method], rel=0.05)
+    assert ratios["euclidean"] < 0.5, ratios          # a module's genes sit together
+    assert ratios["genomap"] > 0.75, ratios           # about as far apart as any two genes
+    assert gm.GenomapLayout.fit(x, n_iter=100).meta["iterations"] < 100   # converged before the cap
+
+
+def test_layout_method_is_checked_and_saved(tmp_path):
+    with pytest.raises(ValueError, match="method must be one of"):
+        gm.LayoutParams(method="radial")
+    x = correlated(30, 20, seed=6)
+    layout = gm.GenomapLayout.fit(x, n_iter=30)
+    assert layout.method == "euclidean"
+    again = gm.GenomapLayout.fit(x, n_iter=30)
+    np.testing.assert_array_equal(layout.T, again.T)           # same data, same layout
+    layout.save(tmp_path / "lay")
+    assert gm.GenomapLayout.load(tmp_path / "lay").method == "euclidean"
+    info = json.loads((tmp_path / "lay" / "layout.json").read_text())
+    del info["method"]                                        # saved before methods existed: genomap's
+    (tmp_path / "lay" / "layout.json").write_text(json.dumps(info))
+    assert gm.GenomapLayout.load(tmp_path / "lay").method == "genomap"
+    assert gm.layout_cache_key(x, n_iter=30) != gm.layout_cache_key(x, n_iter=30, method="genomap")
 
 
 def test_gene_table_is_where_one_hot_lights_up():
@@ -197,9 +267,10 @@ def test_constant_gene_breaks_package_but_not_fit():
         warnings.simplefilter("ignore")
         _, T_pkg = genomap.construct_genomap_returnT(x, 5, 4, num_iter=20)
     assert T_pkg.sum() == 0  # NaN correlation -> solver gives up -> empty coupling, blank images
-    layout = gm.GenomapLayout.fit(x, grid=(5, 4), n_iter=20)
-    assert np.isclose(layout.T.sum(), 1.0)
-    assert layout.gene_table()["weight"].min() > 0.99
+    for method in gm.LAYOUT_METHODS:
+        layout = gm.GenomapLayout.fit(x, grid=(5, 4), n_iter=20, method=method)
+        assert np.isclose(layout.T.sum(), 1.0)
+        assert layout.gene_table()["weight"].min() > 0.99
 
 
 def test_fit_rejects_too_small_grid():
@@ -228,14 +299,18 @@ def test_fit_or_load_uses_cache(tmp_path, monkeypatch):
 
     monkeypatch.setattr(genomap, "construct_genomap_returnT", counting)
     x = correlated(40, 30, seed=4)
-    first = gm.fit_or_load(tmp_path, x, n_iter=20)
-    second = gm.fit_or_load(tmp_path, x, n_iter=20)
+    first = gm.fit_or_load(tmp_path, x, n_iter=20, method="genomap")
+    second = gm.fit_or_load(tmp_path, x, n_iter=20, method="genomap")
     assert len(calls) == 1
     assert first.meta["cache_hit"] is False and second.meta["cache_hit"] is True
+    assert second.method == "genomap"
     np.testing.assert_array_equal(first.transform(x), second.transform(x))
-    gm.fit_or_load(tmp_path, x, n_iter=21)  # other parameters -> other key -> refit
-    gm.fit_or_load(tmp_path, x + 1e-3 * np.arange(30), n_iter=20)  # other data -> refit
+    gm.fit_or_load(tmp_path, x, n_iter=21, method="genomap")  # other parameters -> other key -> refit
+    gm.fit_or_load(tmp_path, x + 1e-3 * np.arange(30), n_iter=20, method="genomap")  # other data -> refit
     assert len(calls) == 3
+    euclidean = gm.fit_or_load(tmp_path, x, n_iter=20)  # the default method: its own entry, not genomap's
+    assert len(calls) == 3 and euclidean.meta["cache_hit"] is False and euclidean.method == "euclidean"
+    assert gm.fit_or_load(tmp_path, x, n_iter=20).meta["cache_hit"] is True
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp folders left
 
 
@@ -373,6 +448,17 @@ def test_mwu_finds_the_shifted_gene(images, stack, layout):
     raw = gm.compare_batch_groups(images, stack.obs, group_of_batch=GROUPS, groups=("disease", "control"),
                                   layout=layout, fdr=False)
     np.testing.assert_array_equal(raw["padj"], raw["pvalue"])
+
+
+def test_group_comparison_does_not_depend_on_the_layout(images, stack, layout):
+    """Each pixel is one gene under either layout and pixels are tested one by one: same genes, same p-values."""
+    published = gm.GenomapLayout.fit(stack.layers["zscore"], genes=stack.var_names, n_iter=50, method="genomap")
+    assert not published.gene_table()[["row", "col"]].equals(layout.gene_table()[["row", "col"]])
+    tables = [gm.compare_batch_groups(lay.transform(stack.layers["zscore"]), stack.obs, group_of_batch=GROUPS,
+                                      groups=("disease", "control"), test="mwu", layout=lay)
+              .set_index("gene").sort_index() for lay in (layout, published)]
+    for column in ("pvalue", "padj", "significant"):
+        np.testing.assert_allclose(tables[0][column].astype(float), tables[1][column].astype(float), rtol=1e-9)
 
 
 def test_mixed_model_top_pixels(images, stack, layout):

@@ -119,9 +119,12 @@ def test_genomap_choices_defaults_and_overrides():
     groups = {choice.group_of_batch[b] for b in choice.shown_batches}
     assert groups == set(choice.groups), "one shown batch per condition"
     assert (choice.n_cells, choice.n_iter) == (tutorial.GENOMAP_CELLS[0], tutorial.GENOMAP_ITERATIONS[0])
-    other = tutorial.genomap_choices(adata, p, cell_type="type2", n_cells=50, n_iter=5)
-    assert other.cell_type == "type2" and (other.n_cells, other.n_iter) == (50, 5)
+    assert choice.layout == "euclidean"
+    other = tutorial.genomap_choices(adata, p, cell_type="type2", n_cells=50, n_iter=5, layout="genomap")
+    assert other.cell_type == "type2" and (other.n_cells, other.n_iter, other.layout) == (50, 5, "genomap")
     assert (adata.obs.loc[other.cells, "celltype"] == "type2").all()
+    with pytest.raises(InputError, match="layout must be one of"):
+        tutorial.genomap_choices(adata, p, layout="radial")
 
 
 def test_quick_subsample_keeps_every_batch():

@@ -9,9 +9,12 @@ the answer into images that can be compared across batches. One module per part:
    reconstruction and the random-effects (RE) counterfactual reconstruction in every target batch;
    :func:`zscore_stack` z-scores each gene over all rows of that stack.
 2. :mod:`~scmedal_lite.genomaps.layout`: :class:`GenomapLayout` places the genes on a 2-D grid with **one**
-   Gromov-Wasserstein coupling computed by the `genomap <https://pypi.org/project/genomap/>`_ package for
-   the whole stack, so a pixel means the same gene in every image (input, FE and every counterfactual
-   batch); :class:`LayoutParams` says how it is fitted and :func:`fit_or_load` caches it.
+   Gromov-Wasserstein coupling for the whole stack, so a pixel means the same gene in every image (input, FE
+   and every counterfactual batch); :class:`LayoutParams` says how it is fitted (``method="euclidean"``, the
+   default, couples the genes' correlation distances to the pixels' Euclidean distances with POT;
+   ``method="genomap"`` is the published layout of the `genomap <https://pypi.org/project/genomap/>`_
+   package, whose grid distances are not distances between pixels) and :func:`fit_or_load` caches it;
+   :func:`layout_locality` measures whether co-expressed genes sit together.
 3. :mod:`~scmedal_lite.genomaps.stats`: :func:`compare_batch_groups` tests, pixel by pixel, for differences
    between two groups of target batches (for example disease versus control donors).
 4. :mod:`~scmedal_lite.genomaps.plots`: :func:`plot_cell_panel` / :func:`plot_cell_all_batches` draw the
@@ -30,6 +33,11 @@ Typical use::
     res.comparison.head()
 
 Notes on the genomap package (1.3.6), checked on small cases (see ``tests/test_genomaps.py``):
+
+* Grid distances. ``genomap.createMeshDistance`` computes each pixel's distance from the grid's centre and
+  then the absolute differences of those radii, not the Euclidean distances between pixels (its docstring
+  says Euclidean). On a 32 x 32 grid the two correlate at r = 0.06. The published layouts therefore only
+  sort genes into rings; ``method="genomap"`` keeps them for reproduction, the default does not use them.
 
 * Grid size. With ``n_genes < rows * cols`` the package couples the genes to the **first**
   ``n_genes`` pixels in its column-major (Fortran) pixel order only; the remaining pixels stay empty
@@ -52,7 +60,16 @@ Notes on the genomap package (1.3.6), checked on small cases (see ``tests/test_g
 * genomap is licensed CC BY-NC-ND: it is only imported and its public functions called.
 """
 
-from .layout import GenomapLayout, LayoutParams, fit_or_load, grid_shape, layout_cache_key
+from .layout import (
+    LAYOUT_METHODS,
+    GenomapLayout,
+    LayoutParams,
+    fit_or_load,
+    grid_distances,
+    grid_shape,
+    layout_cache_key,
+    layout_locality,
+)
 from .layout import _import_genomap as _import_genomap  # noqa: I001 - private, for the tests (gm._import_genomap)
 from .pipeline import GenomapAnalysisResult, PanelSettings, run_genomap_analysis
 from .plots import plot_cell_all_batches, plot_cell_panel, plot_significant_pixels
@@ -60,6 +77,7 @@ from .stack import ROW_KINDS, STACK_COLUMNS, counterfactual_stack, select_cells,
 from .stats import TESTS, benjamini_hochberg, compare_batch_groups
 
 __all__ = [
+    "LAYOUT_METHODS",
     "GenomapAnalysisResult",
     "GenomapLayout",
     "LayoutParams",
@@ -71,8 +89,10 @@ __all__ = [
     "compare_batch_groups",
     "counterfactual_stack",
     "fit_or_load",
+    "grid_distances",
     "grid_shape",
     "layout_cache_key",
+    "layout_locality",
     "plot_cell_all_batches",
     "plot_cell_panel",
     "plot_significant_pixels",

@@ -160,7 +160,7 @@ def run_genomap_analysis(model: Any, adata: ad.AnnData, *, labels_key: str, cell
                          shown_batches: Sequence[str], out_dir: str | os.PathLike,
                          condition_key: str | None = None,
                          group_of_batch: Mapping[str, str] | None = None, groups: tuple[str, str] | None = None,
-                         n_cells: int = 300, n_iter: int = 200, seed: int = 0,
+                         n_cells: int = 300, n_iter: int = 200, seed: int = 0, layout_method: str = "euclidean",
                          target_batches: Sequence[str] | None = None, mode: str = "auto", test: str = "mwu",
                          max_pixels: int | None = None, vmin: float | None = None, vmax: float | None = None,
                          top_n: int = 10, title_keys: Sequence[str] = (),
@@ -169,7 +169,8 @@ def run_genomap_analysis(model: Any, adata: ad.AnnData, *, labels_key: str, cell
 
     1. :func:`select_cells` of ``cell_types`` in ``obs[labels_key]`` (``shown_batches`` forced);
     2. :func:`counterfactual_stack` + :func:`zscore_stack`;
-    3. :func:`fit_or_load` on the z-scores (cache in ``out_dir/layout_cache``);
+    3. :func:`fit_or_load` on the z-scores (cache in ``out_dir/layout_cache``), by ``layout_method``
+       (:data:`~scmedal_lite.genomaps.LAYOUT_METHODS`; ``"genomap"`` for the published layout);
     4. genomaps of every row;
     5. if groups are given (``condition_key``: an obs column constant within each batch, e.g. the donor's
        diagnosis, read from all cells of ``adata``; or an explicit ``group_of_batch``),
@@ -192,7 +193,8 @@ def run_genomap_analysis(model: Any, adata: ad.AnnData, *, labels_key: str, cell
                          batch_key=model.batch_key, force_batches=shown, seed=seed)
     stack = zscore_stack(counterfactual_stack(model, adata, cells, target_batches=target_batches, mode=mode))
     z = stack.layers["zscore"]
-    layout = fit_or_load(out / "layout_cache", z, genes=list(stack.var_names), n_iter=n_iter, seed=seed)
+    layout = fit_or_load(out / "layout_cache", z, genes=list(stack.var_names), n_iter=n_iter, seed=seed,
+                         method=layout_method)
     images = layout.transform(z)
     comparison = None
     if group_of_batch is not None and groups is not None:
@@ -201,6 +203,7 @@ def run_genomap_analysis(model: Any, adata: ad.AnnData, *, labels_key: str, cell
     summary = {"n_cells": int(len(cells)), "cell_types": types, "shown_batches": shown,
                "target_batches": stack.uns["genomap_stack"]["target_batches"], "mode": mode,
                "grid": list(layout.shape), "n_genes": layout.n_genes, "n_iter": n_iter, "seed": seed,
+               "layout_method": layout.method, "layout_iterations": layout.meta.get("iterations"),
                "layout_fit_seconds": layout.fit_seconds, "layout_cache_hit": bool(layout.meta.get("cache_hit")),
                "test": test if comparison is not None else None,
                "groups": list(groups) if comparison is not None else None,

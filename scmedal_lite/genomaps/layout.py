@@ -234,7 +234,7 @@ def _euclidean_coupling(x: np.ndarray, rows: int, cols: int, params: LayoutParam
         return T, None
     T, info = ot.gromov.gromov_wasserstein(genes, pixels, p, q, "square_loss", max_iter=int(params.n_iter),
                                            log=True)
-    return T, len(info["loss"])
+    return T, len(info["loss"]) - 1          # POT logs the starting loss, then one per iteration
 
 
 def _coupling(x: np.ndarray, rows: int, cols: int, params: LayoutParams) -> tuple[np.ndarray, float, int | None]:

@@ -273,6 +273,12 @@ def test_constant_gene_breaks_package_but_not_fit():
         assert layout.gene_table()["weight"].min() > 0.99
 
 
+def test_one_gene_gets_the_one_pixel():
+    for method in gm.LAYOUT_METHODS:
+        layout = gm.GenomapLayout.fit(correlated(10, 1), n_iter=5, method=method)
+        assert layout.shape == (1, 1) and np.allclose(layout.T, [[1.0]])
+
+
 def test_fit_rejects_too_small_grid():
     with pytest.raises(ValueError, match="too small|cannot drop"):
         gm.GenomapLayout.fit(correlated(10, 20), grid=(4, 4), n_iter=5)

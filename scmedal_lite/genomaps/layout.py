@@ -206,7 +206,7 @@ def grid_distances(rows: int, cols: int, n: int | None = None) -> np.ndarray:
 def gene_distances(x: np.ndarray) -> np.ndarray:
     """1 - Pearson correlation between the columns (genes) of ``x`` (rows x genes, no constant column): the
     genes' distances that both layout methods use."""
-    return 1.0 - np.corrcoef(np.asarray(x, dtype=np.float64), rowvar=False)
+    return 1.0 - np.atleast_2d(np.corrcoef(np.asarray(x, dtype=np.float64), rowvar=False))
 
 
 def _import_pot():
@@ -222,8 +222,10 @@ def _euclidean_coupling(x: np.ndarray, rows: int, cols: int, params: LayoutParam
     """Gromov-Wasserstein coupling (square loss, uniform marginals) of the genes' correlation distances to the
     grid's Euclidean distances (both scaled to a maximum of 1) by POT; returns (T, iterations run; None with
     ``epsilon`` > 0, whose solver does not report them)."""
-    ot = _import_pot()
     n = x.shape[1]
+    if n == 1:                                   # one gene, one pixel
+        return np.ones((1, 1)), 0
+    ot = _import_pot()
     genes = gene_distances(x)
     pixels = grid_distances(rows, cols, n)
     genes, pixels = genes / max(genes.max(), 1e-12), pixels / max(pixels.max(), 1e-12)
@@ -336,11 +338,11 @@ class GenomapLayout:
         ``params`` / ``options``: :class:`LayoutParams` (``grid``, ``n_iter=200``, ``epsilon=0``, ``seed=0``,
         ``method="euclidean"``). Both methods use the gene-gene distance 1 - Pearson r over all rows and
         uniform marginals. ``"euclidean"`` couples it to the pixels' Euclidean distances (square loss, POT's
-        ``ot.gromov.gromov_wasserstein``, at most ``n_iter`` iterations; it stops once converged, after about
-        20 on 1,000 genes, 5-6 s on a 2-core machine). ``"genomap"`` calls
+        ``ot.gromov.gromov_wasserstein``, at most ``n_iter`` iterations; it stops once converged, after 17-22
+        on 1,000 genes of real data, 5-7 s on a 2-core machine). ``"genomap"`` calls
         ``genomap.construct_genomap_returnT(data, rows, cols, epsilon, num_iter=n_iter)``, the published
         layout (its grid distances are differences of distances from the centre; KL loss), which runs all
-        ``n_iter`` iterations (30-45 s for 100 on 1,000 genes) and also builds its own genomaps of every row
+        ``n_iter`` iterations (24-32 s for 100 on 1,000 genes) and also builds its own genomaps of every row
         (peak memory about 3 x rows x rows*cols x 8 bytes).
         The grid defaults to :func:`grid_shape`; it must hold all genes. Constant genes are replaced
         by noise from ``seed`` for the coupling only (see the package notes); otherwise the result
@@ -477,7 +479,10 @@ def layout_locality(layout: GenomapLayout, data: Any, *, layer: str | None = Non
     x, _ = _matrix_and_genes(data, None, layer)
     if x.shape[1] != layout.n_genes:
         raise InputError(f"data has {x.shape[1]} genes, the layout {layout.n_genes}")
-    genes = gene_distances(_fill_constant_genes(x, layout.seed))
+    if layout.n_genes < 2:
+        raise InputError("layout_locality needs at least 2 genes")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        genes = np.nan_to_num(gene_distances(x), nan=1.0)      # a constant gene: uncorrelated with all
     upper = np.triu_indices(layout.n_genes, 1)
     table = layout.gene_table()
     xy = np.stack([table["row"].to_numpy(), table["col"].to_numpy()], axis=1).astype(np.float64)

@@ -342,7 +342,7 @@ class GenomapLayout:
         on 1,000 genes of real data, 5-7 s on a 2-core machine). ``"genomap"`` calls
         ``genomap.construct_genomap_returnT(data, rows, cols, epsilon, num_iter=n_iter)``, the published
         layout (its grid distances are differences of distances from the centre; KL loss), which runs all
-        ``n_iter`` iterations (24-32 s for 100 on 1,000 genes) and also builds its own genomaps of every row
+        ``n_iter`` iterations (24-33 s for 100 on 1,000 genes) and also builds its own genomaps of every row
         (peak memory about 3 x rows x rows*cols x 8 bytes).
         The grid defaults to :func:`grid_shape`; it must hold all genes. Constant genes are replaced
         by noise from ``seed`` for the coupling only (see the package notes); otherwise the result

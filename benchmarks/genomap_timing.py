@@ -64,8 +64,11 @@ def main():
                                   shown_batches=shown, out_dir=out_dir, condition_key="cond_group",
                                   groups=("Severe", "HC"), n_cells=300, n_iter=args.n_iter, seed=0)
     t_cached = time.perf_counter() - t
-    result = {"command": "python benchmarks/genomap_timing.py", "cells": 300, "genes": int(stack.n_vars),
+    command = "python benchmarks/genomap_timing.py" + (" --model-dir <make demo's model>" if args.model_dir else "")
+    command += f" --n-iter {args.n_iter}"
+    result = {"command": command, "cells": 300, "genes": int(stack.n_vars),
               "stack_rows": int(stack.n_obs), "grid": [layout.rows, layout.cols], "n_iter": args.n_iter,
+              "layout_method": layout.method, "layout_iterations": layout.meta.get("iterations"),
               "stack_seconds": round(t_stack, 1), "layout_seconds": round(t_layout, 1),
               "transform_seconds": round(t_transform, 2), "whole_step_seconds": round(t_whole, 1),
               "whole_step_with_cached_layout_seconds": round(t_cached, 1), "load_average": os.getloadavg()}

@@ -199,7 +199,12 @@ def grid_distances(rows: int, cols: int, n: int | None = None) -> np.ndarray:
     >>> grid_distances(2, 2).round(3).tolist()[0]
     [0.0, 1.0, 1.0, 1.414]
     """
-    xy = pixel_coordinates(rows, cols, n).astype(np.float64)
+    return _distances(pixel_coordinates(rows, cols, n))
+
+
+def _distances(xy: np.ndarray) -> np.ndarray:
+    """Euclidean distances between the rows of ``xy`` (points x 2)."""
+    xy = np.asarray(xy, dtype=np.float64)
     return np.sqrt(((xy[:, None, :] - xy[None, :, :]) ** 2).sum(axis=-1))
 
 
@@ -462,8 +467,8 @@ class GenomapLayout:
 
 def layout_locality(layout: GenomapLayout, data: Any, *, layer: str | None = None, n_pairs: int = 5000) -> dict:
     """Does ``layout`` put co-expressed genes next to each other? Measured on ``data`` (rows x genes in the
-    layout's gene order; array, DataFrame or AnnData [``layer``]), with each gene at its pixel (the gene
-    table's).
+    layout's gene order; array, DataFrame or AnnData [``layer``]), with each gene at its pixel (the argmax of
+    its row of ``T``, as in :meth:`GenomapLayout.gene_table`).
 
     Returns a dict: ``top_pairs_distance``, the mean pixel distance between the ``n_pairs`` most correlated
     gene pairs; ``all_pairs_distance``, the mean over all gene pairs, which is also what any random placement
@@ -484,9 +489,7 @@ def layout_locality(layout: GenomapLayout, data: Any, *, layer: str | None = Non
     with np.errstate(invalid="ignore", divide="ignore"):
         genes = np.nan_to_num(gene_distances(x), nan=1.0)      # a constant gene: uncorrelated with all
     upper = np.triu_indices(layout.n_genes, 1)
-    table = layout.gene_table()
-    xy = np.stack([table["row"].to_numpy(), table["col"].to_numpy()], axis=1).astype(np.float64)
-    pixels = np.sqrt(((xy[:, None, :] - xy[None, :, :]) ** 2).sum(axis=-1))[upper]
+    pixels = _distances(pixel_coordinates(layout.rows, layout.cols)[layout.T.argmax(axis=1)])[upper]
     gene_pairs = genes[upper]
     top = np.argsort(gene_pairs, kind="stable")[:max(1, min(int(n_pairs), gene_pairs.size))]
     mean_all = float(pixels.mean())

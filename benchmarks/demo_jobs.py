@@ -19,7 +19,6 @@ import argparse
 import glob
 import json
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -29,6 +28,8 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
+
+from fresh_process import processor  # noqa: E402  (benchmarks/fresh_process.py, next to this script)
 
 from scmedal_lite.io import write_json, write_text  # noqa: E402
 
@@ -105,7 +106,7 @@ def main():
             rows.append(row)
             print(json.dumps(row), flush=True)
     load["end"] = list(os.getloadavg())
-    result = {"machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
+    result = {"machine": {"cpus": os.cpu_count(), "processor": processor(),
                           "load_average": load},
               "command": " ".join(["benchmarks/demo_jobs.py", *sys.argv[1:]]), "rows": rows}
     write_json(args.out + ".json", result)

@@ -37,15 +37,13 @@ DIRECT = {"traced_once": training.traced_once, "metrics_resetter": training.metr
 
 def keras_traced_once(fn, jit_compile=False):
     """The loop's previous call path: every call through ``tf.function`` (one trace for any row count)."""
-    compiled = None
+    compiled = {}
 
     def call(*args):
-        nonlocal compiled
-        if compiled is None:
-            spec = tf.nest.map_structure(
-                lambda a: tf.TensorSpec((None, *a.shape[1:]), tf.as_dtype(a.dtype)), list(args))
-            compiled = tf.function(fn, input_signature=spec, jit_compile=jit_compile, autograph=False)
-        return compiled(*args)
+        if not compiled:
+            compiled["fn"] = tf.function(fn, input_signature=training.open_rows_signature(args),
+                                         jit_compile=jit_compile, autograph=False)
+        return compiled["fn"](*args)
     return call
 
 

@@ -212,12 +212,16 @@ def traced_once(fn, jit_compile: bool = False):
     def call(*args):
         nonlocal compiled
         if compiled is None:
-            spec = tf.nest.map_structure(
-                lambda a: tf.TensorSpec((None, *a.shape[1:]), tf.as_dtype(a.dtype)), list(args))
+            spec = open_rows_signature(args)
             compiled = tf.function(fn, input_signature=spec, jit_compile=jit_compile,
                                    autograph=False).get_concrete_function(*spec)
         return compiled(*args)
     return call
+
+
+def open_rows_signature(args) -> list:
+    """The input signature of ``args`` (nested arrays) with every row axis left open: one trace for any rows."""
+    return tf.nest.map_structure(lambda a: tf.TensorSpec((None, *a.shape[1:]), tf.as_dtype(a.dtype)), list(args))
 
 
 def metrics_resetter(net: keras.Model):
@@ -344,6 +348,7 @@ def fit_network(net: keras.Model, train: Sequence, val: Sequence, *, epochs: int
     of ``eval_batch_size`` cells: with training minibatches, these chunks (not the number of cells) set the
     working memory (8,192-cell chunks took about 300 MB more than 2,048-cell ones; benchmarks/scaling.py).
     """
+    # under a strategy the metric variables are distributed: Keras's own reset assigns them correctly
     steps = (*_steps(net, strategy, jit_compile), metrics_resetter(net) if strategy is None else net.reset_metrics)
     stopper = EarlyStopper(patience, monitor, enabled=early_stopping, min_improvement=min_improvement)
     ckpt = Checkpointer(checkpoint_dir, net) if checkpoint_dir else None

@@ -29,6 +29,7 @@ import argparse
 import contextlib
 import os
 import platform
+import sys
 import time
 
 import keras
@@ -146,10 +147,7 @@ def main():
                    "vs_fe": round(ms / np.median(times["fe"]), 3),
                    "dense_gflop_per_step": round(step_flops(kind) / 1e9, 2),
                    "ideal_ms_at_matmul_rate": round(ideal, 2), "fraction_of_matmul_rate": round(ideal / ms, 3)}
-    command = f"python benchmarks/step_profile.py --rounds {args.rounds}"
-    if os.path.abspath(args.out) != os.path.join(HERE, "results", "step_profile"):
-        command += f" --out {os.path.relpath(args.out, os.path.dirname(HERE))}"
-    result = {"command": command,
+    result = {"command": " ".join(["python benchmarks/step_profile.py", *sys.argv[1:]]),
               "machine": {"processor": processor(), "cpus": os.cpu_count(), "platform": platform.platform(),
                           "load_average": os.getloadavg(),
                           "tensorflow": tf.__version__, "keras": keras.__version__},

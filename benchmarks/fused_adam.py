@@ -125,7 +125,7 @@ def epochs(adata, n_epochs, rate):
             for name in OPTIMISERS[::1 if epoch % 2 == 0 else -1]:
                 net, steps_, train, val, seconds = runs[name]
                 seconds.append(_epoch(net, steps_, train, val, order, 512, 2048)["seconds"])
-        flops = epoch_flops(kind, n_train, int(model.val_mask.sum()), adata.n_vars, 63)
+        flops = epoch_flops(kind, n_train, int(model.val_mask.sum()), adata.n_vars, 63, model.config)
         for name in OPTIMISERS:
             seconds = runs[name][-1]
             median = float(np.median(seconds[1:]))

@@ -18,6 +18,7 @@ Everything is measured in one run so the ratios are comparable on a noisy shared
 import argparse
 import os
 import platform
+import sys
 import threading
 import time
 
@@ -64,16 +65,40 @@ def dense_flops(widths, n):
     return sum(2 * n * a * b for a, b in zip(widths[:-1], widths[1:]))
 
 
-def epoch_flops(kind, n_train, n_val, genes, batches, batch_size=512):
+def fe_cell_flops(genes, batches, design, mix_cells=0):
+    """Dense floating-point work of one FE training step per cell, and of one validation pass, for the FE
+    design ``design`` (``SCMEDAL.config["fe_design"]``): the adversary on every encoder activation or on the
+    latent, its updates per step, and one encoder pass per step or two.
+
+    An adversary update is its forward and backward pass (3x its forward work); the autoencoder's update runs
+    the encoder and decoder forward and backward (3x) and the adversary forward and back to its input (2x);
+    with ``adversary_pass="separate"`` the adversary's updates run the encoder forward once more; with the
+    local-mixing term (``mix_cells``: the minibatch it compares each cell with) its distances, forward and
+    backward. The random-effects decoder's scale-and-bias arithmetic is not a dense layer and is not counted.
+
+    >>> paper = {"adversary_input": "all", "adversary_steps": 1, "adversary_pass": "separate"}
+    >>> default = {"adversary_input": "latent", "adversary_steps": 5, "adversary_pass": "shared"}
+    >>> [round(fe_cell_flops(1000, 63, d)[0] / 1e6, 2) for d in (paper, default)]
+    [12.52, 10.49]
+    """
     enc = dense_flops([genes, 512, 132, 50], 1)
     dec = dense_flops([50, 132, 512, genes], 1)
+    width = 50 + (512 + 132 if design["adversary_input"] == "all" else 0)
+    adv = dense_flops([width, 512, 132, batches], 1)
+    train = (enc if design["adversary_pass"] == "separate" else 0) + 3 * design["adversary_steps"] * adv
+    train += 3 * (enc + dec) + 2 * adv + 3 * 2 * mix_cells * 50
+    return train, enc + dec + adv
+
+
+def epoch_flops(kind, n_train, n_val, genes, batches, config=None, batch_size=512):
+    """Dense floating-point work of one epoch of ``kind`` (training and validation cells); FE needs the
+    model's ``config`` (its ``fe_design`` and mixing weight, :func:`fe_cell_flops`)."""
     if kind == "fe":
-        adv = dense_flops([512 + 132 + 50, 512, 132, batches], 1)
-        # adversary step: encoder fwd, adversary fwd + bwd (2x); AE step: encoder and decoder fwd + bwd (3x),
-        # adversary fwd + input gradients (2x)
-        per_cell = enc + 3 * adv + 3 * (enc + dec) + 2 * adv
-        val_cell = enc + dec + adv
+        mix = batch_size if config["fe"].get("w_mix", 0) > 0 else 0
+        per_cell, val_cell = fe_cell_flops(genes, batches, config["fe_design"], mix)
     else:
+        enc = dense_flops([genes, 512, 132, 50], 1)
+        dec = dense_flops([50, 132, 512, genes], 1)
         head = dense_flops([50, 5, batches], 1)
         per_cell = 3 * (enc + dec + head)
         val_cell = enc + dec + head
@@ -90,7 +115,8 @@ def epoch_times(adata, kind, epochs, **model_kwargs):
     val = model._inputs(kind, adata, model.val_mask)
     hist, _ = fit_network(net, train, val, epochs=epochs, progress=False, early_stopping=False,
                           jit_compile=model_kwargs.get("jit", False))
-    return hist["seconds"].tolist(), int(model.train_mask.sum()), int(model.val_mask.sum())
+    return (hist["seconds"].tolist(), int(model.train_mask.sum()), int(model.val_mask.sum()),
+            model.config)
 
 
 def rss_mb():
@@ -170,15 +196,15 @@ def main():
     sm.pp.split_cells(adata, batch_key="sample_id", labels_key="celltype_coarse", fold=0)
     result = {"machine": {"processor": processor(), "cpus": os.cpu_count(), "platform": platform.platform(),
                           "load_average_start": os.getloadavg()},
-              "command": f"python benchmarks/speed.py --epochs {args.epochs}"}
+              "command": " ".join(["python benchmarks/speed.py", *sys.argv[1:]])}
     result["matmul_gflops"] = rates = matmul_rates()
     result["epochs"] = {}
     for kind in ("fe", "re"):
         for mode, kw in (("graph_float32", {}), ("xla_float32", {"jit": True}),
                          ("graph_bfloat16", {"precision": "bfloat16"})):
-            seconds, n_train, n_val = epoch_times(adata, kind, args.epochs, **kw)
+            seconds, n_train, n_val, config = epoch_times(adata, kind, args.epochs, **kw)
             median = float(np.median(seconds[1:]))
-            flops = epoch_flops(kind, n_train, n_val, adata.n_vars, 63)
+            flops = epoch_flops(kind, n_train, n_val, adata.n_vars, 63, config)
             reference = rates["tf_bfloat16" if "bfloat16" in mode else "tf_float32"]
             result["epochs"][f"{kind}_{mode}"] = {
                 "seconds_per_epoch": [round(s, 3) for s in seconds], "median_s": round(median, 3),

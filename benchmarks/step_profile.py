@@ -36,7 +36,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 from fresh_process import processor
-from speed import dense_flops, matmul_rates  # benchmarks/speed.py, next to this script
+from speed import dense_flops, fe_cell_flops, matmul_rates  # benchmarks/speed.py, next to this script
 
 from scmedal_lite import layers as L
 from scmedal_lite.io import write_json
@@ -100,17 +100,15 @@ def build_step(variant, data):
 
 
 def step_flops(kind):
-    """Dense floating-point work of one training step of ``kind`` (forward and backward), as speed.py counts it."""
+    """Dense floating-point work of one training step of ``kind`` (forward and backward), as speed.py counts it
+    (:func:`speed.fe_cell_flops` for FE, from the preset's and the variant's design)."""
+    if kind.startswith("fe"):
+        preset = get_preset("paper" if kind in ("fe", "fe_xla") else "default")
+        design_change, weight_change = FE_DEFAULT_VARIANTS.get(kind, ({}, {}))
+        design, weights = {**preset["fe_design"], **design_change}, {**preset["fe"], **weight_change}
+        mix = CELLS if weights.get("w_mix", 0) > 0 else 0
+        return CELLS * fe_cell_flops(GENES, BATCHES, design, mix)[0]
     enc, dec = dense_flops([GENES, 512, 132, 50], 1), dense_flops([50, 132, 512, GENES], 1)
-    if kind.startswith("fe_default"):             # the adversary on the latent: its updates, then the generator
-        adv = dense_flops([50, 512, 132, BATCHES], 1)
-        updates = 1 if kind.endswith("adv1") else 5
-        # one encoder pass per step, shared by both updates (fe_design["adversary_pass"]="shared", the default
-        # since results/adversary_pass.md; results measured before it ran, and counted, a second one)
-        return CELLS * (3 * updates * adv + 3 * (enc + dec) + 3 * adv)
-    if kind == "fe":
-        adv = dense_flops([512 + 132 + 50, 512, 132, BATCHES], 1)
-        return CELLS * (enc + 3 * adv + 3 * (enc + dec) + 2 * adv)
     return CELLS * 3 * (enc + dec + dense_flops([50, 5, BATCHES], 1))
 
 

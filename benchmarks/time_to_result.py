@@ -6,7 +6,8 @@ A user's whole analysis, timed as a user runs it: cells drawn at random from the
     scmedal-lite run data.h5ad --batch-key sample_id --labels-key celltype_coarse --condition-key cond_group
 
 Recorded per size: seconds per notebook (``run.json``), the whole command's wall time, the peak memory of the
-process tree (the command and its notebook kernels, sampled every 0.2 s), each network's epochs and seconds,
+process tree (the command and its notebook kernels, sampled every 0.2 s), each network's epochs and seconds
+(and FE's and RE's median epoch as a share of the float32 matmul rate, measured before and after the runs),
 and the quality figures the chapters report: FE kNN same-batch fraction and RE batch ASW on the test cells
 (chapter 0), the add_batches kNN same-batch fraction (chapter 2), and the FE and FE + RE balanced accuracy
 (chapter 4).
@@ -36,6 +37,7 @@ import numpy as np
 import pandas as pd
 import psutil
 from fresh_process import processor
+from speed import epoch_flops, matmul_rates  # benchmarks/speed.py, next to this script
 
 import scmedal_lite as sm
 from scmedal_lite.io import write_json, write_text
@@ -158,9 +160,38 @@ def quality(out):
     return q
 
 
-def training(out):
-    """Per network of the run's shared model: epochs run, budget, seconds, first epoch and median epoch (s)."""
+def split_counts(out):
+    """Training and validation cells of a run (``obs["split"]`` of its ``adata.h5ad``), or ``(None, None)``."""
+    import anndata
+
+    path = os.path.join(out, "adata.h5ad")
+    if not os.path.exists(path):
+        return None, None
+    adata = anndata.read_h5ad(path, backed="r")
+    split = adata.obs["split"].astype(str).to_numpy()
+    adata.file.close()
+    return int((split == "train").sum()), int((split == "val").sum())
+
+
+def epoch_share(kind, setup, cells, median_epoch_s, rate):
+    """FE's or RE's dense work of an epoch (``speed.epoch_flops``, from the run's own configuration) over its
+    median epoch, as a share of the float32 matmul rate ``rate`` (GFLOP/s); None where it cannot be counted
+    (the comparison AE, or a configuration from before ``fe_design``)."""
+    n_train, n_val = cells
+    if kind not in ("fe", "re") or not median_epoch_s or n_train is None:
+        return None
+    config = setup.get("config") or {}
+    if kind == "fe" and not {"fe", "fe_design"} <= set(config):
+        return None
+    flops = epoch_flops(kind, n_train, n_val, len(setup["genes"]), len(setup["batch_categories"]), config)
+    return round(flops / median_epoch_s / 1e9 / rate, 3)
+
+
+def training(out, rate=None):
+    """Per network of the run's shared model: epochs run, budget, seconds, first epoch and median epoch (s),
+    and with ``rate`` (the float32 matmul rate, GFLOP/s) the median epoch's share of it (:func:`epoch_share`)."""
     rows = {}
+    cells = split_counts(out) if rate else (None, None)
     for path in sorted(glob.glob(os.path.join(out, "model", "*", "setup.json"))):
         with open(path) as f:
             setup = json.load(f)
@@ -172,6 +203,8 @@ def training(out):
                 seconds = pd.read_csv(history)["seconds"].to_numpy()
                 row["first_epoch_s"] = round(float(seconds[0]), 2)
                 row["median_epoch_s"] = round(float(np.median(seconds[1:])), 3) if len(seconds) > 1 else None
+                if rate:
+                    row["share_of_matmul_rate"] = epoch_share(kind, setup, cells, row["median_epoch_s"], rate)
             rows[kind] = row
     return rows
 
@@ -192,6 +225,7 @@ def main():
     codes += ([(f"current --jobs {j}", None, j) for j in args.jobs] if args.jobs else [("current", None, None)])
     rows = []
     load = {"start": list(os.getloadavg())}
+    rates = {"start": round(matmul_rates()["tf_float32"], 1)}
     with tempfile.TemporaryDirectory() as tmp:
         for n in args.sizes:
             data = os.path.join(tmp, f"covid_{n}.h5ad")
@@ -205,7 +239,8 @@ def main():
                 timings = run["seconds_per_notebook"]
                 row = {"cells": cells, "batches": batches, "code": name, "jobs": run.get("jobs", 1),
                        "wall_seconds": round(wall, 1), "peak_memory_mb": peak,
-                       **{f"s_{k}": v for k, v in timings.items()}, **quality(out), "training": training(out)}
+                       **{f"s_{k}": v for k, v in timings.items()}, **quality(out),
+                       "training": training(out, rates["start"])}
                 if code is None:
                     if first_current is None:
                         first_current = out
@@ -214,7 +249,9 @@ def main():
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     load["end"] = list(os.getloadavg())
-    result = {"machine": {"cpus": os.cpu_count(), "processor": processor(), "load_average": load},
+    rates["end"] = round(matmul_rates()["tf_float32"], 1)
+    result = {"machine": {"cpus": os.cpu_count(), "processor": processor(), "load_average": load,
+                          "tf_float32_matmul_gflops": rates},
               "versions": {"scmedal_lite": sm.__version__, "python": platform.python_version()},
               "optional_extras": optional_extras(),
               "command": " ".join(["benchmarks/time_to_result.py", *sys.argv[1:]]), "rows": rows}
@@ -248,10 +285,18 @@ def report(result):
         lines.append(f"| {r['cells']} ({r['batches']}) | {r['code']} | {r['wall_seconds']} | "
                      + " | ".join(str(r.get(k, "")) for k in nb)
                      + f" | {r['peak_memory_mb']} | {r.get('fe_knn_same_batch')} | {r.get('re_batch_asw')} | {mec} |")
-    lines += ["", "Training per network (epochs run / budget, seconds):", ""]
+    rates = result["machine"].get("tf_float32_matmul_gflops")
+    lines += ["", "Training per network (epochs run / budget, seconds"
+              + ("; the median epoch's dense work as a share of the float32 matmul rate measured before the "
+                 f"runs, {rates['start']} GFLOP/s ({rates['end']} after them), while chapter 04 trains beside "
+                 "chapter 00 as `scmedal-lite run` does" if rates else "") + "):", ""]
+
+    def share(v):
+        return f", {100 * v['share_of_matmul_rate']:.0f} % of the matmul rate" if v.get("share_of_matmul_rate") else ""
+
     for r in rows:
         t = "; ".join(f"{k.upper()} {v['epochs_run']}/{v['max_epochs']} epochs in {v['seconds']} s "
-                      f"(first epoch {v.get('first_epoch_s')} s, then {v.get('median_epoch_s')} s)"
+                      f"(first epoch {v.get('first_epoch_s')} s, then {v.get('median_epoch_s')} s{share(v)})"
                       for k, v in r["training"].items())
         lines.append(f"- {r['cells']} cells, {r['code']}: {t}")
     by = {}

@@ -65,26 +65,28 @@ def dense_flops(widths, n):
     return sum(2 * n * a * b for a, b in zip(widths[:-1], widths[1:]))
 
 
-def fe_cell_flops(genes, batches, design, mix_cells=0):
-    """Dense floating-point work of one FE training step per cell, and of one validation pass, for the FE
-    design ``design`` (``SCMEDAL.config["fe_design"]``): the adversary on every encoder activation or on the
-    latent, its updates per step, and one encoder pass per step or two.
+def fe_cell_flops(genes, batches, config, minibatch=512):
+    """Dense floating-point work of one FE training step per cell, and of one validation pass, for an FE
+    network configured by ``config`` (``SCMEDAL.config``; its ``fe_design``: the adversary on every encoder
+    activation or on the latent, its updates per step, one encoder pass per step or two; its ``fe`` weights:
+    whether the local-mixing term runs, over ``minibatch`` cells).
 
     An adversary update is its forward and backward pass (3x its forward work); the autoencoder's update runs
     the encoder and decoder forward and backward (3x) and the adversary forward and back to its input (2x);
     with ``adversary_pass="separate"`` the adversary's updates run the encoder forward once more; with the
-    local-mixing term (``mix_cells``: the minibatch it compares each cell with) its distances, forward and
-    backward. The random-effects decoder's scale-and-bias arithmetic is not a dense layer and is not counted.
+    local-mixing term its distances, forward and backward. The random-effects decoder's scale-and-bias
+    arithmetic is not a dense layer and is not counted.
 
-    >>> paper = {"adversary_input": "all", "adversary_steps": 1, "adversary_pass": "separate"}
-    >>> default = {"adversary_input": "latent", "adversary_steps": 5, "adversary_pass": "shared"}
-    >>> [round(fe_cell_flops(1000, 63, d)[0] / 1e6, 2) for d in (paper, default)]
-    [12.52, 10.49]
+    >>> from scmedal_lite.presets import get_preset
+    >>> [round(fe_cell_flops(1000, 63, get_preset(p))[0] / 1e6, 2) for p in ("paper", "default")]
+    [12.52, 10.64]
     """
+    design = config["fe_design"]
     enc = dense_flops([genes, 512, 132, 50], 1)
     dec = dense_flops([50, 132, 512, genes], 1)
     width = 50 + (512 + 132 if design["adversary_input"] == "all" else 0)
     adv = dense_flops([width, 512, 132, batches], 1)
+    mix_cells = minibatch if config["fe"].get("w_mix", 0) > 0 else 0
     train = (enc if design["adversary_pass"] == "separate" else 0) + 3 * design["adversary_steps"] * adv
     train += 3 * (enc + dec) + 2 * adv + 3 * 2 * mix_cells * 50
     return train, enc + dec + adv
@@ -92,10 +94,9 @@ def fe_cell_flops(genes, batches, design, mix_cells=0):
 
 def epoch_flops(kind, n_train, n_val, genes, batches, config=None, batch_size=512):
     """Dense floating-point work of one epoch of ``kind`` (training and validation cells); FE needs the
-    model's ``config`` (its ``fe_design`` and mixing weight, :func:`fe_cell_flops`)."""
+    model's ``config`` (:func:`fe_cell_flops`)."""
     if kind == "fe":
-        mix = batch_size if config["fe"].get("w_mix", 0) > 0 else 0
-        per_cell, val_cell = fe_cell_flops(genes, batches, config["fe_design"], mix)
+        per_cell, val_cell = fe_cell_flops(genes, batches, config, batch_size)
     else:
         enc = dense_flops([genes, 512, 132, 50], 1)
         dec = dense_flops([50, 132, 512, genes], 1)

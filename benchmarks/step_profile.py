@@ -81,10 +81,7 @@ def build_step(variant, data):
     keras.config.set_dtype_policy("mixed_bfloat16" if variant.endswith("bfloat16") else "float32")
     with ablation(variant):
         if variant in FE_DEFAULT_VARIANTS:
-            preset, (design, weights) = get_preset("default"), FE_DEFAULT_VARIANTS[variant]
-            config = {"hidden": [512, 132], "latent_dim": 50, "fe": {**preset["fe"], **weights},
-                      "fe_design": {**preset["fe_design"], **design}, "fec_head": False}
-            net = build_network("fe", config, n_genes=GENES, n_batches=BATCHES, seed=0)
+            net = build_network("fe", fe_default_config(variant), n_genes=GENES, n_batches=BATCHES, seed=0)
             net.compile(learning_rate=1e-3)
         elif variant.startswith("fe"):
             net = FixedEffectsAE(GENES, BATCHES)
@@ -99,15 +96,19 @@ def build_step(variant, data):
     return step
 
 
+def fe_default_config(variant):
+    """The network configuration of a default-FE ``variant``: the default preset with the variant's changes."""
+    preset, (design, weights) = get_preset("default"), FE_DEFAULT_VARIANTS[variant]
+    return {"hidden": [512, 132], "latent_dim": 50, "fe": {**preset["fe"], **weights},
+            "fe_design": {**preset["fe_design"], **design}, "fec_head": False}
+
+
 def step_flops(kind):
     """Dense floating-point work of one training step of ``kind`` (forward and backward), as speed.py counts it
-    (:func:`speed.fe_cell_flops` for FE, from the preset's and the variant's design)."""
+    (:func:`speed.fe_cell_flops` for FE: the paper's design for ``fe``, else the variant's configuration)."""
     if kind.startswith("fe"):
-        preset = get_preset("paper" if kind in ("fe", "fe_xla") else "default")
-        design_change, weight_change = FE_DEFAULT_VARIANTS.get(kind, ({}, {}))
-        design, weights = {**preset["fe_design"], **design_change}, {**preset["fe"], **weight_change}
-        mix = CELLS if weights.get("w_mix", 0) > 0 else 0
-        return CELLS * fe_cell_flops(GENES, BATCHES, design, mix)[0]
+        config = fe_default_config(kind) if kind in FE_DEFAULT_VARIANTS else get_preset("paper")
+        return CELLS * fe_cell_flops(GENES, BATCHES, config, CELLS)[0]
     enc, dec = dense_flops([GENES, 512, 132, 50], 1), dense_flops([50, 132, 512, GENES], 1)
     return CELLS * 3 * (enc + dec + dense_flops([50, 5, BATCHES], 1))
 

@@ -65,6 +65,20 @@ def dense_flops(widths, n):
     return sum(2 * n * a * b for a, b in zip(widths[:-1], widths[1:]))
 
 
+def autoencoder_flops(genes):
+    """Forward work per cell of the encoder (genes → 512 → 132 → 50) and of the decoder back."""
+    return dense_flops([genes, 512, 132, 50], 1), dense_flops([50, 132, 512, genes], 1)
+
+
+def re_cell_flops(genes, batches):
+    """Dense floating-point work of one RE training step per cell (encoder, decoder and batch head forward and
+    backward, 3x their forward work), and of one validation pass. The random effects' scale-and-bias
+    arithmetic is not a dense layer and is not counted."""
+    enc, dec = autoencoder_flops(genes)
+    forward = enc + dec + dense_flops([50, 5, batches], 1)
+    return 3 * forward, forward
+
+
 def fe_cell_flops(genes, batches, config, minibatch=512):
     """Dense floating-point work of one FE training step per cell, and of one validation pass, for an FE
     network configured by ``config`` (``SCMEDAL.config``; its ``fe_design``: the adversary on every encoder
@@ -82,8 +96,7 @@ def fe_cell_flops(genes, batches, config, minibatch=512):
     [12.52, 10.64]
     """
     design = config["fe_design"]
-    enc = dense_flops([genes, 512, 132, 50], 1)
-    dec = dense_flops([50, 132, 512, genes], 1)
+    enc, dec = autoencoder_flops(genes)
     width = 50 + (512 + 132 if design["adversary_input"] == "all" else 0)
     adv = dense_flops([width, 512, 132, batches], 1)
     mix_cells = minibatch if config["fe"].get("w_mix", 0) > 0 else 0
@@ -98,11 +111,7 @@ def epoch_flops(kind, n_train, n_val, genes, batches, config=None, batch_size=51
     if kind == "fe":
         per_cell, val_cell = fe_cell_flops(genes, batches, config, batch_size)
     else:
-        enc = dense_flops([genes, 512, 132, 50], 1)
-        dec = dense_flops([50, 132, 512, genes], 1)
-        head = dense_flops([50, 5, batches], 1)
-        per_cell = 3 * (enc + dec + head)
-        val_cell = enc + dec + head
+        per_cell, val_cell = re_cell_flops(genes, batches)
     return per_cell * n_train + val_cell * n_val
 
 

@@ -36,7 +36,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 from fresh_process import processor
-from speed import dense_flops, fe_cell_flops, matmul_rates  # benchmarks/speed.py, next to this script
+from speed import fe_cell_flops, matmul_rates, re_cell_flops  # benchmarks/speed.py, next to this script
 
 from scmedal_lite import layers as L
 from scmedal_lite.io import write_json
@@ -105,12 +105,12 @@ def fe_default_config(variant):
 
 def step_flops(kind):
     """Dense floating-point work of one training step of ``kind`` (forward and backward), as speed.py counts it
-    (:func:`speed.fe_cell_flops` for FE: the paper's design for ``fe``, else the variant's configuration)."""
+    (:func:`speed.fe_cell_flops` for FE: the paper's design for ``fe``, else the variant's configuration;
+    :func:`speed.re_cell_flops` for RE)."""
     if kind.startswith("fe"):
         config = fe_default_config(kind) if kind in FE_DEFAULT_VARIANTS else get_preset("paper")
         return CELLS * fe_cell_flops(GENES, BATCHES, config, CELLS)[0]
-    enc, dec = dense_flops([GENES, 512, 132, 50], 1), dense_flops([50, 132, 512, GENES], 1)
-    return CELLS * 3 * (enc + dec + dense_flops([50, 5, BATCHES], 1))
+    return CELLS * re_cell_flops(GENES, BATCHES)[0]
 
 
 def main():

@@ -1,9 +1,9 @@
 """Measure each variant of one thing in a fresh Python process, the variants alternating, and write the results.
 
-Used by ``trace_time.py``, ``scib_gc.py`` and ``umap_precompile.py``: nothing is cached between measurements (traced
-graphs, compiled jax functions, imported modules), and alternating spreads a shared machine's changing load over all
-variants. A script calls :func:`alternate` in its main process and, with ``--worker VARIANT``, prints one
-measurement with :func:`report`.
+Used by ``trace_time.py``, ``scib_first_call.py`` and ``umap_precompile.py``: nothing is cached between
+measurements (traced graphs, compiled jax functions, imported modules), and alternating spreads a shared machine's
+changing load over all variants. A script calls :func:`alternate` in its main process and, with
+``--worker VARIANT``, prints one measurement with :func:`report`.
 
     runs = alternate(__file__, ("a", "b"), rounds=3)          # {"a": [result, ...], "b": [...]}
 """

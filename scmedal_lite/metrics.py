@@ -573,10 +573,10 @@ def _benchmarker_collections_skipped():
     The Benchmarker calls ``gc.collect()`` before every metric of every embedding (31 times for three
     embeddings). In a process that has imported TensorFlow, scanpy and the data (every chapter's kernel), a
     full collection walks millions of objects: a three-embedding benchmark of 1,000 cells took 40.0 s with them
-    and 28.6 s without (15.4 and 4.1 s when repeated in the same process; ``benchmarks/scib_gc.py``). Inside,
-    those calls do nothing. Python's automatic collections still run, and arrays are still freed as soon as
-    nothing refers to them, so only reference cycles wait for the next automatic collection. The scores are
-    unchanged.
+    and 28.6 s without (15.4 and 4.1 s when repeated in the same process; ``benchmarks/results/scib_gc.md``,
+    from ``benchmarks/scib_first_call.py``). Inside, those calls do nothing. Python's automatic collections
+    still run, and arrays are still freed as soon as nothing refers to them, so only reference cycles wait for
+    the next automatic collection. The scores are unchanged.
     """
     from scib_metrics.benchmark import _core
 
@@ -586,6 +586,37 @@ def _benchmarker_collections_skipped():
         yield
     finally:
         _core.gc = original
+
+
+@contextlib.contextmanager
+def _umap_graph_in_numpy(nearest_neighbors):
+    """Inside, scib-metrics builds UMAP's fuzzy graph (kBET's input) with :func:`knn_graph.umap_graph`.
+
+    Its own call, umap-learn's ``fuzzy_simplicial_set``, compiles numba code in every new process (about 7 s
+    on 2 CPUs, inside chapter 1's scIB benchmark) for a graph that takes milliseconds. The weights agree to
+    within a few 10⁻⁶ and the non-zero pattern is the same; on the COVID cells every score came out the same
+    (``tests/test_knn_graph.py``). Calls other than from a precomputed kNN with the defaults scib-metrics
+    uses go to umap-learn.
+    """
+    from . import knn_graph
+
+    module = nearest_neighbors._dataclass
+    original = module.fuzzy_simplicial_set
+
+    def fuzzy_simplicial_set(X, n_neighbors, random_state, metric, *args, knn_indices=None, knn_dists=None,
+                             set_op_mix_ratio=1.0, local_connectivity=1.0, **kwargs):
+        if args or kwargs or knn_indices is None or knn_dists is None or set_op_mix_ratio != 1.0 \
+                or local_connectivity != 1.0:
+            return original(X, n_neighbors, random_state, metric, *args, knn_indices=knn_indices,
+                            knn_dists=knn_dists, set_op_mix_ratio=set_op_mix_ratio,
+                            local_connectivity=local_connectivity, **kwargs)
+        return knn_graph.umap_graph(knn_indices, knn_dists, n_neighbors)
+
+    module.fuzzy_simplicial_set = fuzzy_simplicial_set
+    try:
+        yield
+    finally:
+        module.fuzzy_simplicial_set = original
 
 
 @contextlib.contextmanager
@@ -719,7 +750,7 @@ def scib_benchmark(adata, obsm_keys: Sequence[str] | str, batch_key: str, labels
     exact = _exact_neighbors(nearest_neighbors, int(n_jobs)) if exact_neighbors else None
     start = time.perf_counter()
     with warnings.catch_warnings(), _neighbors_used(nearest_neighbors, exact), _scib_quiet(not progress), \
-            _benchmarker_collections_skipped():
+            _benchmarker_collections_skipped(), _umap_graph_in_numpy(nearest_neighbors):
         warnings.filterwarnings("ignore", message=".*PCR comparison score is negative.*")
         bench.prepare(neighbor_computer=exact)
         bench.benchmark()

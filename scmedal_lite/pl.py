@@ -86,11 +86,9 @@ def fuzzy_neighbour_graph(X, n_neighbors: int = 15):
     """UMAP's fuzzy k-nearest-neighbour graph of the rows of ``X`` (exact Euclidean neighbours, the cell itself
     counted as the first); returns sparse ``(distances, connectivities)`` as scanpy's ``pp.neighbors`` stores them.
 
-    The method of McInnes et al. (2018), written in NumPy: for each cell, ρ is the distance to its nearest other
-    cell and σ solves ``Σ_j exp(−max(0, d_j − ρ)/σ) = log2(k)`` over its other k − 1 neighbours (bisection; σ at
-    least 10⁻³ of its mean neighbour distance); the directed weights ``exp(−max(0, d − ρ)/σ)`` are then joined
-    by the fuzzy union ``A + Aᵀ − A∘Aᵀ``. scanpy computes the same graph with numba, which compiles for about
-    6 s in every new process (every notebook kernel); this takes milliseconds for thousands of cells.
+    The graph is :func:`scmedal_lite.knn_graph.umap_graph`'s (the method of McInnes et al. 2018, in NumPy).
+    scanpy computes the same graph with numba, which compiles for about 6 s in every new process (every
+    notebook kernel); this takes milliseconds for thousands of cells.
 
     >>> d, c = fuzzy_neighbour_graph(np.random.default_rng(0).normal(size=(100, 5)), 15)
     >>> d.shape, bool(abs(c - c.T).max() < 1e-6), bool(c.max() <= 1)
@@ -98,6 +96,8 @@ def fuzzy_neighbour_graph(X, n_neighbors: int = 15):
     """
     from scipy import sparse
     from sklearn.neighbors import NearestNeighbors
+
+    from .knn_graph import umap_graph
 
     X = np.asarray(X, dtype="float32")
     n = X.shape[0]
@@ -110,29 +110,10 @@ def fuzzy_neighbour_graph(X, n_neighbors: int = 15):
     at = np.where((idx == own[:, None]).any(axis=1), (idx == own[:, None]).argmax(axis=1), 0)
     idx[own, at], dist[own, at] = idx[:, 0], dist[:, 0]          # the cell itself first, even among duplicates
     idx[:, 0], dist[:, 0] = own, 0.0
-    others = dist[:, 1:]
-    positive = np.where(others > 0, others, np.inf).min(axis=1)
-    rho = np.where(np.isfinite(positive), positive, 0.0)
-    excess = np.maximum(others - rho[:, None], 0.0)
-    target = np.log2(k)
-    lo, hi, sigma = np.zeros(n), np.full(n, np.inf), np.ones(n)
-    for _ in range(64):
-        total = np.exp(-excess / sigma[:, None]).sum(axis=1)
-        above = total > target                         # too wide: σ shrinks
-        hi = np.where(above, sigma, hi)
-        lo = np.where(above, lo, sigma)
-        sigma = np.where(np.isinf(hi), sigma * 2, (lo + hi) / 2)
-    mean_d = others.mean(axis=1)
-    floor = 1e-3 * np.where(rho > 0, mean_d, dist.mean())
-    sigma = np.maximum(sigma, floor)
-    weights = np.exp(-excess / sigma[:, None])
-    rows = np.repeat(np.arange(n), k - 1)
-    directed = sparse.csr_matrix((weights.ravel(), (rows, idx[:, 1:].ravel())), shape=(n, n))
-    product = directed.multiply(directed.T)
-    connectivities = (directed + directed.T - product).tocsr()
-    connectivities.eliminate_zeros()
-    distances = sparse.csr_matrix((others.ravel(), (rows, idx[:, 1:].ravel())), shape=(n, n))
-    return distances, connectivities.astype("float32")
+    connectivities, _, _ = umap_graph(idx, dist)
+    rows = np.repeat(own, k - 1)
+    distances = sparse.csr_matrix((dist[:, 1:].ravel(), (rows, idx[:, 1:].ravel())), shape=(n, n))
+    return distances, connectivities
 
 
 def category_colors(values) -> dict:

@@ -114,3 +114,18 @@ def test_benchmarker_forces_no_full_collections_and_scores_are_unchanged(monkeyp
     assert calls == []
     assert _core.gc is gc                                  # restored afterwards
     pd.testing.assert_frame_equal(skipped, forced)
+
+
+def test_umap_graph_in_numpy_gives_the_scores_of_umap_learns(monkeypatch):
+    """kBET's fuzzy graph built by knn_graph.umap_graph (no numba compiling) must not move any score."""
+    pytest.importorskip("scib_metrics")
+    from scib_metrics.nearest_neighbors import _dataclass
+
+    original = _dataclass.fuzzy_simplicial_set
+    adata = planted(n_per=20)
+    keys = ["X_mixed", "X_separated"]
+    numpy_graph = metrics.scib_benchmark(adata, keys, "donor", "cell_type")
+    assert _dataclass.fuzzy_simplicial_set is original                 # restored afterwards
+    monkeypatch.setattr(metrics, "_umap_graph_in_numpy", lambda *a: __import__("contextlib").nullcontext())
+    umap_learn = metrics.scib_benchmark(adata, keys, "donor", "cell_type")
+    pd.testing.assert_frame_equal(numpy_graph, umap_learn)

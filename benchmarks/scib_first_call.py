@@ -1,6 +1,7 @@
 """What a notebook's first scIB benchmark costs, and what the package's two shortcuts around scib-metrics save.
 
-``sm.metrics.scib_benchmark`` runs scib-metrics' Benchmarker with two changes that leave every score the same:
+``sm.metrics.scib_benchmark`` runs scib-metrics' Benchmarker with two changes that leave every score the same.
+The variants:
 
 - ``skipped`` (the package's default): both shortcuts on;
 - ``forced``: scib-metrics' own ``gc.collect()`` before every metric of every embedding. In a process that

@@ -1,8 +1,8 @@
 """UMAP's fuzzy neighbour graph from a precomputed k-nearest-neighbour table, in NumPy.
 
-umap-learn builds this graph (``umap.umap_.fuzzy_simplicial_set``) with numba functions that it does not keep
-on disk, so every new process compiles them first: about 7 s on 2 CPUs, in every notebook kernel that draws a
-UMAP or runs scib-metrics (whose kBET and clustering read the graph), for a computation that takes
+umap-learn builds this graph (``umap.umap_.fuzzy_simplicial_set``, which scanpy's ``pp.neighbors`` and
+scib-metrics' kBET call) with numba functions that it does not keep on disk, so every new process compiles them
+first: 4–7 s on 2 CPUs, in every notebook kernel that needs the graph, for a computation that takes
 milliseconds. :func:`umap_graph` computes the same graph without compiling anything: the method of McInnes et
 al. (2018), in float32 as umap-learn computes it, with its default local connectivity of 1 and the fuzzy union.
 Its weights agree with umap-learn's to within a few 10⁻⁶ (the two sum in different orders) and its non-zero

@@ -592,11 +592,11 @@ def _benchmarker_collections_skipped():
 def _umap_graph_in_numpy(nearest_neighbors):
     """Inside, scib-metrics builds UMAP's fuzzy graph (kBET's input) with :func:`knn_graph.umap_graph`.
 
-    Its own call, umap-learn's ``fuzzy_simplicial_set``, compiles numba code in every new process (about 7 s
-    on 2 CPUs, inside chapter 1's scIB benchmark) for a graph that takes milliseconds. The weights agree to
-    within a few 10⁻⁶ and the non-zero pattern is the same; on the COVID cells every score came out the same
-    (``tests/test_knn_graph.py``). Calls other than from a precomputed kNN with the defaults scib-metrics
-    uses go to umap-learn.
+    Its own call, umap-learn's ``fuzzy_simplicial_set``, compiles numba code in every new process (4–7 s on
+    2 CPUs, inside chapter 1's scIB benchmark) for a graph that takes milliseconds. The weights agree to within
+    a few 10⁻⁶ and the edges are the same (``tests/test_knn_graph.py``); every score came out the same on 3,000
+    and 6,107 COVID cells (``book/performance.md``) and on planted data (``tests/test_scib_benchmark.py``).
+    Calls other than from a precomputed kNN with the defaults scib-metrics uses go to umap-learn.
     """
     from . import knn_graph
 

@@ -408,8 +408,10 @@ class SCMEDAL:
         ``on_epoch_end(kind, epoch, logs)``, if given, runs after every epoch (e.g. to monitor a score);
         returning True stops that network's training. ``progress``: a progress bar per network (None:
         ``sm.settings.progress``). ``jit_compile=True`` compiles the training steps with
-        XLA: 20-30 % faster epochs on CPU after a slower first epoch; repaid after 5-20 epochs
-        (benchmarks/results/speed.json; the book's "Performance and scale" page).
+        XLA: 20-30 % faster epochs on the full COVID data on an AVX-512 Xeon after a slower first epoch, but
+        twice as slow on an AVX2 EPYC, and slower on the 1,713-cell draw even where its steps are faster
+        (benchmarks/results/speed.json, xla_small_data.md; the book's "Performance and scale" page): time it
+        on your data and processor before turning it on.
         Returns ``self``.
         """
         if self.adata is None:

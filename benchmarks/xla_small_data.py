@@ -3,12 +3,13 @@
 Issue 13 asks for XLA "wherever it pays for its compile time, decided automatically". Per epoch on the full COVID
 data it paid on one AVX-512 processor and cost twice the time on an AVX2 one (``speed.py``; the book's
 "Performance and scale" page). This prices it where a user's first analysis is most often run: the 2,000-cell
-draw of ``time_to_result.py`` (``draw``: seeded, batches with fewer than 20 cells dropped), prepared and split as
-the notebooks do, FE then RE trained with the default preset and budget, seed 0. Each variant runs in a fresh
-process (compiling included), the variants alternating; medians over rounds. Recorded per network: seconds,
-epochs run and best epoch, seconds per epoch, a hash of the test cells' latent (the same seed gives the same
-latent in every round of a variant) and the quality figures the chapters report (FE's kNN same-batch fraction,
-RE's batch ASW). XLA's numerics differ from the graph's, so each variant trains its own trajectory.
+draw of ``time_to_result.py`` (``subset``: seeded, batches with fewer than 20 cells dropped), read, prepared and
+split by ``tutorial.load_data`` as every notebook does, FE then RE trained with the default preset and budget,
+seed 0. Each variant runs in a fresh process (compiling included), the variants alternating; medians over
+rounds. Recorded per network: seconds, epochs run and best epoch, seconds per epoch, a hash of the test cells'
+latent (the same seed gives the same latent in every round of a variant) and the quality figures the chapters
+report (FE's kNN same-batch fraction, RE's batch ASW). XLA's numerics differ from the graph's, so each variant
+trains its own trajectory.
 
     .venv/bin/python benchmarks/xla_small_data.py [--rounds 2] [--cells 2000]
 
@@ -28,24 +29,26 @@ VARIANTS = ("graph", "xla")
 
 def measure(variant: str, n_cells: int) -> dict:
     """One fresh-process training of FE then RE, compiled as ``variant`` says (printed as JSON by ``--worker``)."""
-    from time_to_result import draw  # benchmarks/time_to_result.py, next to this script
+    import tempfile
+
+    from time_to_result import subset  # benchmarks/time_to_result.py, next to this script
 
     import scmedal_lite as sm
-    from scmedal_lite.pp import SPLIT_KEY
+    from scmedal_lite import tutorial
 
-    adata = draw(sm.datasets.covid_pbmc(), n_cells)
-    sm.pp.prepare(adata, batch_key="sample_id")
-    for key in ("sample_id", "celltype_coarse"):
-        adata.obs[key] = adata.obs[key].astype(str).astype("category")
-    sm.pp.split_cells(adata, batch_key="sample_id", labels_key="celltype_coarse", fold=0, key_added=SPLIT_KEY)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "draw.h5ad")
+        subset(sm.datasets.covid_pbmc(), n_cells, path)
+        p = tutorial.Params.parse(data_path=path, seed=0, notebook="xla_small_data")
+        adata = tutorial.load_data(p)                  # read, prepared and split as every notebook does
     test = sm.pp.split_masks(adata)["test"]
-    batches = adata.obs["sample_id"].to_numpy()[test]
-    labels = adata.obs["celltype_coarse"].to_numpy()[test]
-    model = sm.SCMEDAL(adata, batch_key="sample_id", labels_key="celltype_coarse")
+    batches = adata.obs[p.batch_key].to_numpy()[test]
+    labels = adata.obs[p.labels_key].to_numpy()[test]
+    model = sm.SCMEDAL(adata, p.batch_key, p.labels_key, seed=p.seed)
     out = {"cells": int(adata.n_obs)}
     for kind, metric in (("fe", "knn_batch_fraction"), ("re", "asw")):
         tic = time.perf_counter()
-        model.train(which=(kind,), seed=0, jit_compile=variant == "xla", progress=False)
+        model.train(p.epochs, which=(kind,), seed=p.seed, jit_compile=variant == "xla", progress=False)
         seconds = time.perf_counter() - tic
         latent = model.get_latent(kind)[test]
         scores = sm.metrics.score_embeddings({kind: latent}, batches, labels, seed=0)

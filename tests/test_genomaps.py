@@ -221,6 +221,25 @@ def test_default_layout_puts_coexpressed_genes_together_and_the_published_one_do
     assert gm.GenomapLayout.fit(x, n_iter=100).meta["iterations"] < 100   # converged before the cap
 
 
+def test_each_transport_of_the_layout_is_solved_to_its_optimum(monkeypatch, caplog):
+    """The exact transports inside the Gromov-Wasserstein solver get layout.emd_iterations: with POT's fixed
+    cap, 2,000 genes stopped short of the optimum. Forcing a tiny cap shows the cap reaches POT."""
+    from scmedal_lite.genomaps import layout as layout_module
+
+    assert layout_module.emd_iterations(2000) > 100_000 == layout_module.emd_iterations(300)
+    x, _ = planted_modules()
+    with caplog.at_level(logging.WARNING, logger="scmedal_lite.genomaps.layout"):
+        solved = gm.GenomapLayout.fit(x, n_iter=50)
+    assert "numItermax" not in caplog.text
+    key = gm.layout_cache_key(x, n_iter=50)
+    monkeypatch.setattr(layout_module, "emd_iterations", lambda n_genes: 5)
+    assert gm.layout_cache_key(x, n_iter=50) != key          # a cache made under another cap is not reused
+    with caplog.at_level(logging.WARNING, logger="scmedal_lite.genomaps.layout"):
+        capped = gm.GenomapLayout.fit(x, n_iter=50)
+    assert "numItermax reached before optimality" in caplog.text
+    assert not np.array_equal(solved.T, capped.T)
+
+
 def test_layout_method_is_checked_and_saved(tmp_path):
     with pytest.raises(ValueError, match="method must be one of"):
         gm.LayoutParams(method="radial")

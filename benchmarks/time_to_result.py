@@ -12,11 +12,17 @@ and the quality figures the chapters report: FE kNN same-batch fraction and RE b
 (chapter 0), the add_batches kNN same-batch fraction (chapter 2), and the FE and FE + RE balanced accuracy
 (chapter 4).
 
+``--dataset pancreas_studies`` (or ``pancreas``) times the same command on another real data set instead: the
+whole pancreas atlas subsample (``sm.datasets.pancreas()``, 3,274 cells, raw counts of 33,053 genes, of which
+the package keeps 2,000), with its 4 studies (or its 20 donors) as the batches, ``cell_type`` as the labels and
+no condition; ``--sizes`` does not apply.
+
 ``--baseline DIR`` also runs an older copy of the package (a folder holding ``scmedal_lite/`` and
 ``notebooks/``, e.g. ``git archive <commit> scmedal_lite notebooks | tar -x -C DIR``) on the same files in the
 same session, alternating with the current code, so that the ratios share the machine's load.
 
     .venv/bin/python benchmarks/time_to_result.py [--sizes 2000 10000] [--baseline /tmp/old]
+    .venv/bin/python benchmarks/time_to_result.py --dataset pancreas_studies  # results/time_to_result_pancreas_studies
 """
 
 from __future__ import annotations
@@ -45,6 +51,14 @@ from scmedal_lite.io import write_json, write_text
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 KEYS = ["--batch-key", "sample_id", "--labels-key", "celltype_coarse", "--condition-key", "cond_group"]
+#: The command's keys and the report's title per ``--dataset``.
+DATASETS = {
+    "covid": {"keys": KEYS, "title": "COVID PBMC subsets"},
+    "pancreas_studies": {"keys": ["--batch-key", "Dataset", "--labels-key", "cell_type"],
+                         "title": "the pancreas atlas subsample, its 4 studies as batches"},
+    "pancreas": {"keys": ["--batch-key", "donor_id", "--labels-key", "cell_type"],
+                 "title": "the pancreas atlas subsample, its 20 donors as batches"},
+}
 
 
 def draw(full, n, seed=0):
@@ -94,13 +108,20 @@ class PeakMemory:
         return round(self.peak, 1)
 
 
-def run_cli(data, out, code_dir=None, jobs=None):
-    """``scmedal-lite run`` on ``data`` into ``out`` with the package at ``code_dir`` (None: this checkout) and
-    ``--jobs jobs`` (None: the command's default; an older copy may not know the flag)."""
+def whole(adata, path, batch_key):
+    """Write all of ``adata`` to ``path``; (cells, batches)."""
+    adata.write_h5ad(path)
+    return adata.n_obs, adata.obs[batch_key].nunique()
+
+
+def run_cli(data, out, code_dir=None, jobs=None, keys=KEYS):
+    """``scmedal-lite run`` on ``data`` into ``out`` with the package at ``code_dir`` (None: this checkout),
+    ``--jobs jobs`` (None: the command's default; an older copy may not know the flag) and ``keys`` (the
+    ``--batch-key`` etc. arguments)."""
     env = dict(os.environ)
     for var in ("SCMEDAL_DATA_PATH", "SCMEDAL_MAX_EPOCHS", "SCMEDAL_QUICK", "SCMEDAL_OUTPUT_DIR", "SCMEDAL_MODEL_DIR"):
         env.pop(var, None)
-    cmd = [sys.executable, "-m", "scmedal_lite.cli", "run", data, *KEYS, "--out", out, "--quiet"]
+    cmd = [sys.executable, "-m", "scmedal_lite.cli", "run", data, *keys, "--out", out, "--quiet"]
     if jobs is not None:
         cmd += ["--jobs", str(jobs)]
     if code_dir is not None:
@@ -217,23 +238,33 @@ def main():
     ap.add_argument("--jobs", type=int, nargs="+", default=None,
                     help="run the current code once per value of --jobs (default: once, the command's default); "
                          "the runs' result tables are compared byte for byte")
-    ap.add_argument("--out", default=os.path.join(HERE, "results", "time_to_result"))
+    ap.add_argument("--dataset", choices=sorted(DATASETS), default="covid",
+                    help="covid: seeded subsets of --sizes cells; pancreas_studies / pancreas: the whole atlas")
+    ap.add_argument("--out", default=None, help="default: results/time_to_result (covid), else "
+                                                "results/time_to_result_<dataset>")
     args = ap.parse_args()
+    if args.out is None:
+        args.out = os.path.join(HERE, "results", "time_to_result" + ("" if args.dataset == "covid"
+                                                                     else f"_{args.dataset}"))
 
-    full = sm.datasets.covid_pbmc()
+    keys = DATASETS[args.dataset]["keys"]
+    if args.dataset == "covid":
+        full, sizes = sm.datasets.covid_pbmc(), args.sizes
+    else:
+        full, sizes = sm.datasets.pancreas(), [None]
     codes = ([(args.baseline_name, os.path.abspath(args.baseline), None)] if args.baseline else [])
     codes += ([(f"current --jobs {j}", None, j) for j in args.jobs] if args.jobs else [("current", None, None)])
     rows = []
     load = {"start": list(os.getloadavg())}
     rates = {"start": round(matmul_rates()["tf_float32"], 1)}
     with tempfile.TemporaryDirectory() as tmp:
-        for n in args.sizes:
-            data = os.path.join(tmp, f"covid_{n}.h5ad")
-            cells, batches = subset(full, n, data)
+        for n in sizes:
+            data = os.path.join(tmp, f"{args.dataset}_{n or 'all'}.h5ad")
+            cells, batches = subset(full, n, data) if n else whole(full, data, keys[1])
             first_current = None
             for name, code, jobs in codes:
                 out = os.path.join(tmp, f"run_{n}_{name.replace(' ', '_')}")
-                wall, peak = run_cli(data, out, code, jobs)
+                wall, peak = run_cli(data, out, code, jobs, keys)
                 with open(os.path.join(out, "run.json")) as f:
                     run = json.load(f)
                 timings = run["seconds_per_notebook"]
@@ -254,7 +285,8 @@ def main():
                           "tf_float32_matmul_gflops": rates},
               "versions": {"scmedal_lite": sm.__version__, "python": platform.python_version()},
               "optional_extras": optional_extras(),
-              "command": " ".join(["benchmarks/time_to_result.py", *sys.argv[1:]]), "rows": rows}
+              "command": " ".join(["benchmarks/time_to_result.py", *sys.argv[1:]]), "rows": rows,
+              "data": DATASETS[args.dataset]["title"]}
     write_json(args.out + ".json", result)
     write_text(args.out + ".md", report(result))
     print(report(result))
@@ -270,7 +302,7 @@ def optional_extras():
 def report(result):
     rows = result["rows"]
     nb = sorted({k for r in rows for k in r if k.startswith("s_")})
-    lines = ["# Time to result: `scmedal-lite run` (all notebooks) on COVID PBMC subsets", "",
+    lines = [f"# Time to result: `scmedal-lite run` (all notebooks) on {result.get('data', 'COVID PBMC subsets')}", "",
              f"Machine: {result['machine']['cpus']} CPUs ({result['machine']['processor']}), load average "
              f"{result['machine']['load_average']}. Command: `{result['command']}`.",
              "Optional extras installed: " + (", ".join(f"{k} {'yes' if v else 'no'}"

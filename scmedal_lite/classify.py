@@ -54,8 +54,8 @@ from .validate import InputError, as_int, as_mask, check_choice, check_obs_key
 
 log = logging.getLogger(__name__)
 
-__all__ = ["mec", "mixed_effects_classification", "batch_folds", "split_batch_fold", "cross_validate_mec",
-           "summarize_mec", "CHANCE", "ESTIMATED", "METRICS", "SCHEMES"]
+__all__ = ["mec", "mixed_effects_classification", "batch_folds", "is_batch_level", "scheme_folds",
+           "split_batch_fold", "cross_validate_mec", "summarize_mec", "CHANCE", "ESTIMATED", "METRICS", "SCHEMES"]
 
 #: Name of the feature set whose rows hold the stratified-dummy chance level.
 CHANCE = "chance"
@@ -230,6 +230,22 @@ def _batch_levels(adata: AnnData, batch_key: str, stratify_key: str | None) -> p
     return level.sort_index()
 
 
+def is_batch_level(adata: AnnData, batch_key: str, key: str, share: float = 0.9) -> bool:
+    """Whether ``obs[key]`` is a property of the batch (a condition, a donor group): in every batch, its most
+    frequent value covers at least ``share`` of the cells. A cell type is not, and stratifying batches by their
+    most frequent cell type would be meaningless.
+
+    >>> import anndata, pandas as pd
+    >>> obs = pd.DataFrame({"b": list("aaabbb"), "cond": list("xxxyyy"), "type": list("tuvtuv")}, index=list("012345"))
+    >>> a = anndata.AnnData(obs=obs)
+    >>> is_batch_level(a, "b", "cond"), is_batch_level(a, "b", "type")
+    (True, False)
+    """
+    check_obs_key(adata, key, role="key")
+    table = pd.crosstab(adata.obs[batch_key].astype(str), adata.obs[key].astype(str))
+    return bool((table.max(axis=1) >= share * table.sum(axis=1)).all())
+
+
 def batch_folds(adata: AnnData, batch_key: str, n_folds: int = 5, stratify_key: str | None = None,
                 seed: int = 0) -> pd.Series:
     """Partition the batches into ``n_folds`` groups for leave-batches-out cross-validation.
@@ -299,6 +315,19 @@ def batch_folds(adata: AnnData, batch_key: str, n_folds: int = 5, stratify_key: 
     return group
 
 
+def scheme_folds(scheme: str, n_folds: int, n_batches: int) -> int:
+    """Folds to define for ``scheme``: ``n_folds`` for ``"cells"``; for ``"batches"`` at most one per batch,
+    ``min(n_folds, n_batches)``, so that data with fewer batches than ``n_folds`` is still cross-validated
+    leave-batches-out (each batch the test set of one fold). :func:`batch_folds` still refuses fewer than 3.
+
+    >>> scheme_folds("cells", 5, 4), scheme_folds("batches", 5, 4), scheme_folds("batches", 5, 63)
+    (5, 4, 5)
+    """
+    check_choice("scheme", scheme, SCHEMES)
+    n_folds = as_int("n_folds", n_folds, minimum=1)
+    return n_folds if scheme == "cells" else min(n_folds, as_int("n_batches", n_batches, minimum=1))
+
+
 def split_batch_fold(adata: AnnData, *, batch_key: str, fold: int, n_folds: int = 5,
                      stratify_key: str | None = None, seed: int = 0, key_added: str = SPLIT_KEY,
                      folds: pd.Series | None = None) -> pd.Series:
@@ -353,8 +382,9 @@ def cross_validate_mec(adata: AnnData, *, batch_key: str, labels_key: str | None
     scheme
         ``"cells"``: the paper's cell-level rotation (:func:`scmedal_lite.pp.split_cells` with ``fold=k``);
         every batch is in train, val and test. ``"batches"``: leave-batches-out (:func:`batch_folds`,
-        stratified by ``condition_key``); test batches are never seen, and their RE latents use the ``unseen``
-        rule.
+        stratified by ``condition_key`` where it is a property of the batch, :func:`is_batch_level`; a
+        cell-level target such as the cell type is not stratified); test batches are never seen, and their RE
+        latents use the ``unseen`` rule.
     n_folds, folds
         Number of folds (>= 3 for the test/val/train rotation) and which of them to run (default all).
     seed
@@ -403,7 +433,11 @@ def cross_validate_mec(adata: AnnData, *, batch_key: str, labels_key: str | None
     seed = as_int("seed", seed, minimum=0)
     model_kwargs = {"seed": seed, **(model_kwargs or {})}
     train_kwargs = {"progress": False, **(train_kwargs or {})}
-    groups = batch_folds(adata, batch_key, n_folds, condition_key, seed) if scheme == "batches" else None
+    if scheme == "batches":                 # stratified by the target where it is a property of the batch
+        stratify = condition_key if is_batch_level(adata, batch_key, condition_key) else None
+        groups = batch_folds(adata, batch_key, n_folds, stratify, seed)
+    else:
+        groups = None
 
     iterator = folds
     if settings.resolve_progress(progress):

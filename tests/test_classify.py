@@ -167,6 +167,18 @@ def test_batch_folds_errors():
         classify.batch_folds(obs_only(4), "batch", 3, "cond")                # 2 batches per level, 3 folds
 
 
+def test_scheme_folds_gives_data_with_few_batches_one_fold_per_batch():
+    assert classify.scheme_folds("cells", 5, 4) == 5                         # cells: folds as asked
+    assert classify.scheme_folds("batches", 5, 63) == 5
+    n = classify.scheme_folds("batches", 5, 4)                             # 4 studies, 5 folds asked
+    assert n == 4
+    a = obs_only(4)
+    folds = classify.batch_folds(a, "batch", n, None, seed=0)               # would raise with 5 folds
+    assert sorted(folds.value_counts()) == [1, 1, 1, 1]                    # each batch tested once
+    with pytest.raises(InputError, match="scheme"):
+        classify.scheme_folds("donors", 5, 4)
+
+
 # ------------------------------------------------------------------ cross-validation, end to end
 
 
@@ -205,6 +217,20 @@ def test_cross_validate_mec_with_estimated_new_batches(tiny):
     assert set(table["features"]) == {"scMEDAL-FE", "scMEDAL-FE + RE", "PCA", "PCA + RE", "chance",
                                       classify.ESTIMATED}
     assert len(table) == 6 * 2 and table["value"].between(0, 1).all()
+
+
+def test_leave_batches_out_with_a_cell_level_target_and_few_batches(tiny):
+    """No condition: chapter 4 predicts the cell type. Batches are not stratified by their most frequent cell
+    type (a cell-level column), so 4 batches give 4 folds instead of an error."""
+    four = tiny[tiny.obs["batch"].isin(["batch0", "batch1", "batch3", "batch5"])].copy()   # type1 tops one
+    assert classify.is_batch_level(four, "batch", "condition")
+    assert not classify.is_batch_level(four, "batch", "celltype")
+    n = classify.scheme_folds("batches", 5, four.obs["batch"].nunique())
+    with pytest.raises(InputError, match="no training batch"):                # the old stratification
+        classify.batch_folds(four, "batch", n, "celltype", seed=0)
+    table = classify.cross_validate_mec(four, scheme="batches", **{**CV, "condition_key": "celltype",
+                                                                    "n_folds": n, "folds": [0]})
+    assert set(table["fold"]) == {0} and table["value"].between(0, 1).all()
 
 
 def test_cross_validate_mec_checks_before_training(tiny):

@@ -175,7 +175,8 @@ def quality(out):
         s = summary.query("metric == 'balanced_accuracy'")
         for scheme in sorted(set(s["scheme"])):
             view = s[s["scheme"] == scheme].set_index("features")["mean"]
-            for feats, key in (("scMEDAL-FE", "fe"), ("scMEDAL-FE + RE", "fe_re")):
+            for feats, key in (("scMEDAL-FE", "fe"), ("scMEDAL-FE + RE", "fe_re"),
+                               ("scMEDAL-FE + RE (estimated)", "fe_re_estimated")):
                 if feats in view:
                     q[f"mec_{scheme}_{key}"] = round(float(view[feats]), 4)
     return q

@@ -51,12 +51,12 @@ from scmedal_lite.io import write_json, write_text
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 KEYS = ["--batch-key", "sample_id", "--labels-key", "celltype_coarse", "--condition-key", "cond_group"]
-#: The command's keys and the report's title per ``--dataset``.
+#: The batch column, the command's keys and the report's title per ``--dataset``.
 DATASETS = {
-    "covid": {"keys": KEYS, "title": "COVID PBMC subsets"},
-    "pancreas_studies": {"keys": ["--batch-key", "Dataset", "--labels-key", "cell_type"],
+    "covid": {"batch_key": "sample_id", "keys": KEYS, "title": "COVID PBMC subsets"},
+    "pancreas_studies": {"batch_key": "Dataset", "keys": ["--batch-key", "Dataset", "--labels-key", "cell_type"],
                          "title": "the pancreas atlas subsample, its 4 studies as batches"},
-    "pancreas": {"keys": ["--batch-key", "donor_id", "--labels-key", "cell_type"],
+    "pancreas": {"batch_key": "donor_id", "keys": ["--batch-key", "donor_id", "--labels-key", "cell_type"],
                  "title": "the pancreas atlas subsample, its 20 donors as batches"},
 }
 
@@ -261,7 +261,7 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         for n in sizes:
             data = os.path.join(tmp, f"{args.dataset}_{n or 'all'}.h5ad")
-            cells, batches = subset(full, n, data) if n else whole(full, data, keys[1])
+            cells, batches = subset(full, n, data) if n else whole(full, data, DATASETS[args.dataset]["batch_key"])
             first_current = None
             for name, code, jobs in codes:
                 out = os.path.join(tmp, f"run_{n}_{name.replace(' ', '_')}")

@@ -224,9 +224,8 @@ def _import_pot():
 
 
 #: The layout's solver stops once an iteration lowers its objective by less than this share (POT's default is
-#: 1e-9). On a 2,000-gene pancreas stack: 12 iterations and 17.5 s instead of 23 and 35.9 s, the objective
-#: within 0.05 % and the gene-pair distance ratio 0.2755 instead of 0.2733; on COVID's 1,000 genes 14 iterations
-#: instead of 16 at the same objective to six digits (scratch runs, one processor).
+#: 1e-9, which on 2,000 genes spent half the time on gains below 0.01 %; figures in the method chapter, "What
+#: the published genomap layout gets wrong").
 LAYOUT_TOLERANCE = 1e-4
 
 
@@ -234,11 +233,10 @@ def emd_iterations(n_genes: int) -> int:
     """The most network-simplex iterations each exact transport inside the Gromov-Wasserstein solver may take:
     POT's 100,000, or ``n_genes ** 2 / 4`` where that is more.
 
-    POT's fixed cap is enough for about 1,500 genes. On 2,000 (the HVGs :func:`scmedal_lite.pp.prepare` keeps)
-    the transports stopped before their optimum ("numItermax reached before optimality", a warning the user
-    could not act on), and the layout was worse: on a pancreas stack 15 outer iterations, 19.5 s, gene-pair
-    distance ratio 0.294, against 23 iterations, 29.9 s and 0.273 solved exactly. Where a transport reaches its
-    optimum first, the cap changes nothing, so layouts of up to about 1,500 genes are the same bit for bit.
+    POT's fixed cap stopped the transports short of their optimum on 2,000 genes (the HVGs
+    :func:`scmedal_lite.pp.prepare` keeps), with a warning the user could not act on, and a worse layout (the
+    method chapter gives the figures). A transport that reaches its optimum first is not affected, so layouts
+    of up to about 1,500 genes do not change.
 
     >>> emd_iterations(1000), emd_iterations(2000)
     (250000, 1000000)

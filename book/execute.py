@@ -12,6 +12,8 @@
   Much of a chapter is single-threaded (kernel start-up and imports, graph tracing, UMAP, genomap's
   transport, plots), so two kernels keep a 2-CPU machine busier than one (book/performance.md).
 
+Each kernel's own standard error (TensorFlow's and ipykernel's start-up lines, not the cells' output) goes to
+``_build/logs/<chapter>.log`` (:mod:`scmedal_lite.kernel_log`), not to the terminal.
 Chapters already cached with the same code are skipped, as the build itself would. A chapter that fails stops
 the script with its traceback and exit status 1 (the build would fail on it anyway). The environment is the
 build's (``SCMEDAL_*`` variables included; see the Makefile's ``BOOK_ENV``).
@@ -39,6 +41,7 @@ from jupyter_cache.executors.utils import single_nb_execution
 # Shared with `scmedal-lite run`: the chapter that trains its own model per fold (the longest) runs beside chapter
 # 00, and a kernel may take minutes to start while another chapter trains on both CPUs.
 from scmedal_lite.cli import KERNEL_START_TIMEOUT, WITHOUT_MODEL, retry_kernel_start, start_order
+from scmedal_lite.kernel_log import logging_kernel_manager
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,10 +53,19 @@ class ChapterWorker(ExecutionWorkerLocalMProc):
 
     @staticmethod
     def execute(project_nb, data: ProcessData):
+        log = kernel_log(project_nb.uri, data.cache)    # the kernel's own start-up lines, not the terminal's
         return retry_kernel_start(
             lambda: single_nb_execution(project_nb.nb, cwd=str(Path(project_nb.uri).parent), timeout=data.timeout,
-                                        allow_errors=data.allow_errors, startup_timeout=KERNEL_START_TIMEOUT),
+                                        allow_errors=data.allow_errors, startup_timeout=KERNEL_START_TIMEOUT,
+                                        kernel_manager_class=logging_kernel_manager(log)),
             Path(project_nb.uri).name, say=lambda message: print(message, flush=True))
+
+
+def kernel_log(uri, cache=None) -> Path:
+    """Where a chapter's kernel writes its own standard error (:mod:`scmedal_lite.kernel_log`): ``logs/`` beside
+    the cache (``_build/logs``, under ``--path-output`` when given)."""
+    build = Path(cache.path).parent if cache is not None else ROOT / "_build"
+    return build / "logs" / f"{Path(uri).stem}.log"
 
 
 def chapters() -> list[Path]:
@@ -94,8 +106,8 @@ def execute(cache, records, jobs: int, timeout: int) -> list[str]:
     def report(results):
         failed = []
         for code, uri in results:          # as each finishes
-            print(f"  {Path(uri).name}: {'ok' if code == 0 else 'FAILED'} (at {time.perf_counter() - started:.0f} s)",
-                  flush=True)
+            print(f"  {Path(uri).name}: {'ok' if code == 0 else 'FAILED'} (at {time.perf_counter() - started:.0f} s"
+                  + ("" if code == 0 else f"; its kernel's own messages: {kernel_log(uri, cache)}") + ")", flush=True)
             failed += [uri] if code != 0 else []
         return failed
 

@@ -55,7 +55,8 @@ from .validate import InputError, as_int, as_mask, check_choice, check_obs_key
 log = logging.getLogger(__name__)
 
 __all__ = ["mec", "mixed_effects_classification", "batch_folds", "is_batch_level", "scheme_folds",
-           "split_batch_fold", "cross_validate_mec", "summarize_mec", "CHANCE", "ESTIMATED", "METRICS", "SCHEMES"]
+           "leave_batches_out_validation", "batch_fold_plan", "split_batch_fold", "cross_validate_mec",
+           "summarize_mec", "CHANCE", "ESTIMATED", "METRICS", "SCHEMES", "VALIDATIONS"]
 
 #: Name of the feature set whose rows hold the stratified-dummy chance level.
 CHANCE = "chance"
@@ -63,6 +64,12 @@ CHANCE = "chance"
 METRICS = ("accuracy", "balanced_accuracy")
 #: Fold schemes of :func:`cross_validate_mec`.
 SCHEMES = ("cells", "batches")
+#: Where a leave-batches-out fold's validation cells come from (:func:`split_batch_fold`): a held-out group of
+#: batches, or a share of the training batches' own cells.
+VALIDATIONS = ("batches", "cells")
+#: With ``validation="cells"``, one in this many of the training batches' cells validates (a quarter: the
+#: 60/20 of the paper's cell-level rotation among the cells that are not tested).
+CELL_VALIDATION_FOLDS = 4
 #: The RE latent is appended to each fixed-effects latent under this suffix.
 RE_SUFFIX = " + RE"
 #: Feature set of :func:`cross_validate_mec` with ``estimate_new_batches``: FE next to the RE latent computed
@@ -328,15 +335,49 @@ def scheme_folds(scheme: str, n_folds: int, n_batches: int) -> int:
     return n_folds if scheme == "cells" else min(n_folds, as_int("n_batches", n_batches, minimum=1))
 
 
+def leave_batches_out_validation(folds: pd.Series, n_folds: int) -> str:
+    """Where the validation cells of leave-batches-out folds come from: ``"batches"`` (the next group of
+    batches, the rotation of :func:`batch_folds`) when every fold still keeps at least two training batches,
+    else ``"cells"`` (a share of the training batches' own cells, :func:`split_batch_fold`). With 3 batches and
+    3 folds, holding out a validation batch as well would leave one training batch, and the networks need two.
+
+    >>> folds = pd.Series([0, 1, 2], index=["a", "b", "c"], name="fold")
+    >>> leave_batches_out_validation(folds, 3), leave_batches_out_validation(pd.Series([0, 1, 2, 3]), 4)
+    ('cells', 'batches')
+    """
+    n_folds = as_int("n_folds", n_folds, minimum=3)
+    counts = folds.value_counts().reindex(range(n_folds), fill_value=0).to_numpy()
+    kept = [counts.sum() - counts[k] - counts[(k + 1) % n_folds] for k in range(n_folds)]
+    return "batches" if min(kept) >= 2 else "cells"
+
+
+def batch_fold_plan(adata: AnnData, *, batch_key: str, condition_key: str, n_folds: int,
+                    seed: int = 0) -> tuple[pd.Series, str]:
+    """The leave-batches-out folds :func:`cross_validate_mec` runs: the groups of :func:`batch_folds`
+    (stratified by ``condition_key`` when it is a property of the batch, :func:`is_batch_level`) and where
+    their validation cells come from (:func:`leave_batches_out_validation`). Raises :class:`InputError` when
+    the batches cannot be split so (fewer than 3, or fewer than ``n_folds``).
+    """
+    stratify = condition_key if is_batch_level(adata, batch_key, condition_key) else None
+    groups = batch_folds(adata, batch_key, n_folds, stratify, seed)
+    return groups, leave_batches_out_validation(groups, n_folds)
+
+
 def split_batch_fold(adata: AnnData, *, batch_key: str, fold: int, n_folds: int = 5,
                      stratify_key: str | None = None, seed: int = 0, key_added: str = SPLIT_KEY,
-                     folds: pd.Series | None = None) -> pd.Series:
+                     folds: pd.Series | None = None, validation: str = "batches") -> pd.Series:
     """Write the leave-batches-out split of ``fold`` to ``adata.obs[key_added]`` (train / val / test).
 
     Groups from :func:`batch_folds` (or ``folds``, made with the same ``n_folds``, when given): test = group
-    ``fold``, validation = group ``fold + 1 (mod n_folds)``, training = the rest. Returns the new column.
+    ``fold``. With ``validation="batches"``, validation = group ``fold + 1 (mod n_folds)`` and training = the
+    rest. With ``"cells"`` (for few batches, :func:`leave_batches_out_validation`), every batch but the test
+    group trains, and one in :data:`CELL_VALIDATION_FOLDS` of their cells (seeded, stratified by batch)
+    validates instead. Test batches are never seen in either. Returns the new column.
     """
+    from .pp import cell_folds
+
     n_folds = as_int("n_folds", n_folds, minimum=3)
+    check_choice("validation", validation, VALIDATIONS)
     folds = batch_folds(adata, batch_key, n_folds, stratify_key, seed) if folds is None else folds
     if int(folds.max()) >= n_folds:
         raise InputError(f"folds has groups up to {int(folds.max())}; pass the n_folds it was made with.")
@@ -347,7 +388,14 @@ def split_batch_fold(adata: AnnData, *, batch_key: str, fold: int, n_folds: int 
     if group.isna().any():
         raise InputError("Some batches of adata have no fold; recompute the folds on this AnnData.")
     group = group.to_numpy(dtype=int)
-    split = np.where(group == fold, "test", np.where(group == (fold + 1) % n_folds, "val", "train"))
+    if validation == "batches":
+        split = np.where(group == fold, "test", np.where(group == (fold + 1) % n_folds, "val", "train"))
+    else:
+        split = np.where(group == fold, "test", "train").astype(object)
+        seen = np.flatnonzero(group != fold)
+        share = cell_folds(adata[seen], batch_key=batch_key, n_folds=CELL_VALIDATION_FOLDS,
+                           seed=as_int("seed", seed, minimum=0))
+        split[seen[share == fold % CELL_VALIDATION_FOLDS]] = "val"
     adata.obs[key_added] = pd.Categorical(split, categories=["train", "val", "test"])
     return adata.obs[key_added]
 
@@ -381,10 +429,10 @@ def cross_validate_mec(adata: AnnData, *, batch_key: str, labels_key: str | None
         The column MEC predicts (e.g. the condition).
     scheme
         ``"cells"``: the paper's cell-level rotation (:func:`scmedal_lite.pp.split_cells` with ``fold=k``);
-        every batch is in train, val and test. ``"batches"``: leave-batches-out (:func:`batch_folds`,
-        stratified by ``condition_key`` where it is a property of the batch, :func:`is_batch_level`; a
-        cell-level target such as the cell type is not stratified); test batches are never seen, and their RE
-        latents use the ``unseen`` rule.
+        every batch is in train, val and test. ``"batches"``: leave-batches-out (:func:`batch_fold_plan`: the
+        groups of :func:`batch_folds`, stratified by ``condition_key`` where it is a property of the batch; with
+        too few batches to hold out a validation group as well, the validation cells come from the training
+        batches); test batches are never seen, and their RE latents use the ``unseen`` rule.
     n_folds, folds
         Number of folds (>= 3 for the test/val/train rotation) and which of them to run (default all).
     seed
@@ -433,11 +481,11 @@ def cross_validate_mec(adata: AnnData, *, batch_key: str, labels_key: str | None
     seed = as_int("seed", seed, minimum=0)
     model_kwargs = {"seed": seed, **(model_kwargs or {})}
     train_kwargs = {"progress": False, **(train_kwargs or {})}
-    if scheme == "batches":                 # stratified by the target where it is a property of the batch
-        stratify = condition_key if is_batch_level(adata, batch_key, condition_key) else None
-        groups = batch_folds(adata, batch_key, n_folds, stratify, seed)
+    if scheme == "batches":
+        groups, validation = batch_fold_plan(adata, batch_key=batch_key, condition_key=condition_key,
+                                             n_folds=n_folds, seed=seed)
     else:
-        groups = None
+        groups, validation = None, None
 
     iterator = folds
     if settings.resolve_progress(progress):
@@ -449,7 +497,8 @@ def cross_validate_mec(adata: AnnData, *, batch_key: str, labels_key: str | None
         if scheme == "cells":
             split_cells(a, batch_key=batch_key, labels_key=labels_key, fold=k, n_folds=n_folds, seed=seed)
         else:
-            split_batch_fold(a, batch_key=batch_key, fold=k, n_folds=n_folds, folds=groups)
+            split_batch_fold(a, batch_key=batch_key, fold=k, n_folds=n_folds, folds=groups, validation=validation,
+                             seed=seed)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UnseenBatchWarning)     # expected: held-out batches in val / test
             model = SCMEDAL(a, batch_key, labels_key, **model_kwargs).train(**train_kwargs)

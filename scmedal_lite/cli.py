@@ -20,6 +20,8 @@ notebooks run with papermill, sharing one trained model, and ``DIR`` receives::
     report/index.html            the executed notebooks as browsable HTML pages
     model/                       the trained model (``sm.SCMEDAL.load``)
     run.json                     command, parameters, input checksum, timings, versions of the main packages
+    logs/*.log                   what each notebook's kernel printed outside its cells (TensorFlow's and
+                                 ipykernel's start-up lines; on the terminal with --verbose)
 
 Notebook 00 trains the shared model; notebook 04, which trains its own model per fold, runs beside it, and the
 other notebooks run once the model is saved, two notebooks at a time in all (``--jobs``; each in a kernel of its
@@ -80,6 +82,8 @@ EXIT_FAILED = 1
 PARTIAL = ".partial"
 #: Inside the work folder: the run's identity and one marker per completed notebook (removed at the end).
 STATE_DIR = ".resume"
+#: The folder of the output that keeps each kernel's own standard error (``logs/<notebook>.log``).
+KERNEL_LOGS = "logs"
 
 
 def notebooks_dir() -> Path:
@@ -310,7 +314,8 @@ def _run_notebook(checked, name, parameters, work, args, bars: bool) -> tuple[st
             lambda: pm.execute_notebook(src, dst, parameters=parameters, kernel_name="python3",
                                         resources={"metadata": {"path": os.path.abspath(nb_out)}},
                                         progress_bar=bars and not args.quiet, log_output=bool(args.verbose),
-                                        execution_timeout=args.timeout, start_timeout=KERNEL_START_TIMEOUT),
+                                        execution_timeout=args.timeout, start_timeout=KERNEL_START_TIMEOUT,
+                                        **_kernel_log(work, name, args)),
             name, say=lambda message: _say(args, message))
     except pm.PapermillExecutionError as err:
         raise _RunFailed(f"notebook {name} failed: {err.ename}: {err.evalue} (the executed notebook is "
@@ -320,11 +325,23 @@ def _run_notebook(checked, name, parameters, work, args, bars: bool) -> tuple[st
         if KERNEL_DIED not in str(err):
             raise
         raise _RunFailed(f"notebook {name} failed: its kernel died while starting, {KERNEL_START_TRIES} times "
-                         f"(check that `{sys.executable} -m ipykernel_launcher --help` runs; then rerun with "
-                         f"--resume to continue)") from None
+                         f"(check that `{sys.executable} -m ipykernel_launcher --help` runs, and read "
+                         f"{os.path.join(work, KERNEL_LOGS, name + '.log')}; then rerun with --resume to "
+                         "continue)") from None
     seconds = round(time.perf_counter() - t0, 1)
     _mark_done(work, name, seconds)
     return dst, seconds
+
+
+def _kernel_log(work: str, name: str, args) -> dict:
+    """papermill's arguments that send the kernel's own standard error (TensorFlow's and ipykernel's start-up
+    lines, not the cells' output) to ``work/logs/<name>.log`` (:mod:`scmedal_lite.kernel_log`); none with
+    --verbose, which shows it, or --quiet, which silences it."""
+    if args.verbose or args.quiet:
+        return {}
+    from .kernel_log import logging_kernel_manager
+
+    return {"kernel_manager_class": logging_kernel_manager(os.path.join(work, KERNEL_LOGS, f"{name}.log"))}
 
 
 def retry_kernel_start(run, name: str, say=print, tries: int = KERNEL_START_TRIES):

@@ -467,6 +467,8 @@ def genomap_choices(adata: AnnData, p: Params, *, labels_key: str | None = None,
     - the groups compared: those two conditions, in the order :data:`PREFERRED_CONTRAST` when both are there
       (the effect is the first minus the second);
     - ``n_cells`` and ``n_iter``: :data:`GENOMAP_CELLS` and :data:`GENOMAP_ITERATIONS` (quick mode: the smaller);
+      by default the stack takes at most the cells there are of that type (a number given is kept, and
+      :func:`scmedal_lite.genomaps.select_cells` warns when there are fewer);
     - ``layout``: the genomap layout method (:data:`scmedal_lite.genomaps.LAYOUT_METHODS`), default
       ``"euclidean"``; ``"genomap"`` is the published layout (book/method.md, "What the published genomap
       layout gets wrong").
@@ -485,7 +487,8 @@ def genomap_choices(adata: AnnData, p: Params, *, labels_key: str | None = None,
         cell_type = next((t for t in PREFERRED_CELL_TYPES if t in set(labels)), labels.value_counts().index[0])
     cells = obs.index[(labels == cell_type).to_numpy()]
     shown, groups, group_of_batch = _shown_and_groups(adata, p, cells)
-    n_cells = as_int("n_cells", n_cells if n_cells is not None else GENOMAP_CELLS[p.quick], minimum=2)
+    n_cells = as_int("n_cells", n_cells if n_cells is not None else min(GENOMAP_CELLS[p.quick], max(len(cells), 2)),
+                     minimum=2)
     n_iter = as_int("n_iter", n_iter if n_iter is not None else GENOMAP_ITERATIONS[p.quick], minimum=1)
     return GenomapChoices(labels_key=labels_key, cell_type=str(cell_type), cells=cells, shown_batches=shown,
                           groups=groups, group_of_batch=group_of_batch, n_cells=n_cells, n_iter=n_iter,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from test_notebooks import quick_env
+from test_notebooks import NOTEBOOKS, quick_env
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTERS = ["00_quickstart", "01_batch_suppression", "02_random_effects", "03_genomap_projection",
@@ -38,6 +38,8 @@ def book(tmp_path_factory):
     pre = subprocess.run([sys.executable, str(ROOT / "book" / "execute.py"), "--path-output", str(out)], cwd=ROOT,
                          env=env, capture_output=True, text=True, timeout=2400)     # as `make book` does
     assert pre.returncode == 0, pre.stdout[-3000:] + pre.stderr[-3000:]
+    assert "[IPKernelApp]" not in pre.stderr and "I0000" not in pre.stderr, "kernel chatter goes to the logs"
+    assert sorted(p.stem for p in (out / "_build" / "logs").glob("*.log")) == [p.stem for p in NOTEBOOKS]
     assert "00_quickstart.ipynb first (the shared model), 04_classification.ipynb beside it" in pre.stdout
     assert "3 more, 2 at a time in all" in pre.stdout
     done = re.findall(r"  (\d\d)_\w+\.ipynb: ok", pre.stdout)
@@ -209,6 +211,8 @@ def test_chapter_kernels_may_start_slowly(monkeypatch):
     assert seen["startup_timeout"] == execute.KERNEL_START_TIMEOUT >= 300
     assert seen["nb"] == "the notebook" and seen["timeout"] == 3600 and seen["allow_errors"] is False
     assert seen["cwd"] == str(ROOT / "notebooks")
+    assert seen["kernel_manager_class"].__name__ == "LoggingKernelManager", "kernel chatter goes to a log"
+    assert execute.kernel_log(chapter.uri) == ROOT / "_build" / "logs" / "01_batch_suppression.log"
 
 
 def test_a_chapter_whose_kernel_dies_while_starting_is_started_again(monkeypatch, capsys):

@@ -250,3 +250,28 @@ def test_summarize_mec_matches_t_interval():
     from scipy import stats
     half = stats.t.ppf(0.975, 2) * 0.1 / np.sqrt(3)
     assert s["ci_low"] == pytest.approx(0.8 - half) and s["ci_high"] == pytest.approx(0.8 + half)
+
+
+def test_leave_batches_out_with_three_batches_validates_on_training_cells(tiny):
+    """3 batches, 3 folds: a held-out validation batch would leave one training batch, which the networks
+    refuse, so the validation cells come from the training batches; test batches stay unseen."""
+    three = tiny[tiny.obs["batch"].isin(["batch0", "batch1", "batch3"])].copy()
+    groups, validation = classify.batch_fold_plan(three, batch_key="batch", condition_key="celltype", n_folds=3)
+    assert validation == "cells"
+    assert classify.leave_batches_out_validation(pd.Series(range(4)), 4) == "batches"     # 4 batches: 2 train
+    for k in range(3):
+        rotation = classify.split_batch_fold(three.copy(), batch_key="batch", fold=k, n_folds=3, folds=groups)
+        assert three.obs["batch"][rotation == "train"].nunique() == 1                     # what used to fail
+        split = classify.split_batch_fold(three, batch_key="batch", fold=k, n_folds=3, folds=groups,
+                                          validation="cells")
+        batch = three.obs["batch"].astype(str)
+        tested = set(batch[split == "test"])
+        assert len(tested) == 1 and tested.isdisjoint(batch[split != "test"])             # never seen
+        assert set(batch[split == "val"]) == set(batch[split == "train"]) and len(set(batch[split == "train"])) == 2
+        share = (split == "val").sum() / (split != "test").sum()
+        assert 0.2 < share < 0.3, share                                                    # a quarter
+    table = classify.cross_validate_mec(three, scheme="batches", **{**CV, "condition_key": "celltype",
+                                                                     "n_folds": 3, "folds": [0]})
+    assert set(table["fold"]) == {0} and table["value"].between(0, 1).all()
+    with pytest.raises(InputError, match="validation must be one of"):
+        classify.split_batch_fold(three, batch_key="batch", fold=0, n_folds=3, folds=groups, validation="donors")

@@ -46,11 +46,16 @@ def args(data, out, *extra):
 
 
 @pytest.mark.slow
-def test_run_quick_writes_everything(data, tmp_path):
+def test_run_quick_writes_everything(data, tmp_path, capfd):
     before = sha256(data)
     out = tmp_path / "run"
     assert cli.main(args(data, out, "--quick", "--seed", "1")) == 0
     assert sha256(data) == before, "the input file must never change"
+    terminal = capfd.readouterr()
+    logs = {name: (out / cli.KERNEL_LOGS / f"{name}.log").read_text() for name in cli.NOTEBOOKS}
+    assert "[IPKernelApp]" not in terminal.err and "I0000" not in terminal.err, "kernel chatter goes to the logs"
+    assert any("[IPKernelApp]" in text or "I0000" in text for text in logs.values()), logs
+    assert "[1/5] 00_quickstart" in terminal.out
 
     for name in cli.NOTEBOOKS:
         nb = nbformat.read(out / "notebooks" / f"{name}.ipynb", as_version=4)

@@ -8,8 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import anndata
 import nbformat
 import pytest
+from papermill.translators import PythonTranslator
 
 import scmedal_lite as sm
 from scmedal_lite import tutorial
@@ -62,6 +64,11 @@ def test_notebook_structure(path):
     for statement in ast.parse(params).body:          # plain values only: the environment is Params.parse's job
         assert isinstance(statement, ast.Assign), ast.dump(statement)
         ast.literal_eval(statement.value)
+    # papermill reads the same cell for `papermill --help-notebook` and logs "Unable to parse line" (to the
+    # terminal of `scmedal-lite run`) for a line it cannot read, e.g. a comment holding "=": every name must parse
+    assigned = [t.id for s in ast.parse(params).body for t in s.targets]
+    inspected = [p.name for p in PythonTranslator.inspect(tagged[0])]
+    assert inspected == assigned, f"papermill cannot read {sorted(set(assigned) - set(inspected))}"
     setup = nb.cells[nb.cells.index(tagged[0]) + 1].source
     assert "tutorial.setup(" in setup, "the shared setup is one call"
     first = nb.cells[0]
@@ -118,8 +125,11 @@ def test_genomap_choices_defaults_and_overrides():
     assert len(choice.shown_batches) == 2 and set(choice.groups) == set(adata.obs["condition"].astype(str))
     groups = {choice.group_of_batch[b] for b in choice.shown_batches}
     assert groups == set(choice.groups), "one shown batch per condition"
-    assert (choice.n_cells, choice.n_iter) == (tutorial.GENOMAP_CELLS[0], tutorial.GENOMAP_ITERATIONS[0])
+    assert len(choice.cells) < tutorial.GENOMAP_CELLS[0], "the default stack is sized to the cells of that type"
+    assert (choice.n_cells, choice.n_iter) == (len(choice.cells), tutorial.GENOMAP_ITERATIONS[0])
     assert choice.layout == "euclidean"
+    more = tutorial.genomap_choices(anndata.concat([adata] * 2, index_unique="-"), p)
+    assert more.n_cells == tutorial.GENOMAP_CELLS[0] < len(more.cells), "the paper's 300 where there are more"
     other = tutorial.genomap_choices(adata, p, cell_type="type2", n_cells=50, n_iter=5, layout="genomap")
     assert other.cell_type == "type2" and (other.n_cells, other.n_iter, other.layout) == (50, 5, "genomap")
     assert (adata.obs.loc[other.cells, "celltype"] == "type2").all()

@@ -254,7 +254,7 @@ def is_batch_level(adata: AnnData, batch_key: str, key: str, share: float = 0.9)
 
 
 def batch_folds(adata: AnnData, batch_key: str, n_folds: int = 5, stratify_key: str | None = None,
-                seed: int = 0) -> pd.Series:
+                seed: int = 0, validation: str = "batches") -> pd.Series:
     """Partition the batches into ``n_folds`` groups for leave-batches-out cross-validation.
 
     Fold ``k`` uses test = group ``k``, validation = group ``k + 1 (mod n_folds)``, training = the other
@@ -266,7 +266,9 @@ def batch_folds(adata: AnnData, batch_key: str, n_folds: int = 5, stratify_key: 
 
     Raises :class:`InputError` if ``n_folds < 3`` (the rotation leaves no training group), if there are fewer
     batches than folds, or if some level has too few batches to keep one in training in every fold (a level
-    needs at least 2 batches, and 3 when ``n_folds`` is 3 or its batches cannot be spread apart).
+    needs at least 2 batches, and 3 when ``n_folds`` is 3 or its batches cannot be spread apart). With
+    ``validation="cells"`` (:func:`split_batch_fold`: the validation cells come from the training batches)
+    only the test group is held out, and 2 batches per level always suffice; the groups are the same.
 
     Returns
     -------
@@ -274,6 +276,7 @@ def batch_folds(adata: AnnData, batch_key: str, n_folds: int = 5, stratify_key: 
         The group (0..n_folds-1) of each batch, indexed by batch name (str), named ``"fold"``.
     """
     n_folds = as_int("n_folds", n_folds, minimum=1)
+    check_choice("validation", validation, VALIDATIONS)
     if n_folds < 3:
         raise InputError(f"n_folds must be >= 3 for the test/validation/train rotation (test = group k, "
                          f"validation = group k+1, train = the rest); got {n_folds}.")
@@ -309,17 +312,24 @@ def batch_folds(adata: AnnData, batch_key: str, n_folds: int = 5, stratify_key: 
     empty = [k for k in range(n_folds) if sizes[k] == 0]
     if empty:
         raise InputError(f"Folds {empty} got no batch; use fewer folds.")
+    for k, missing in _untrained_levels(group, levels, n_folds, 2 if validation == "batches" else 1).items():
+        counts = {str(lv): len(by_level[lv]) for lv in missing}
+        raise InputError(f"With {n_folds} leave-batches-out folds, level(s) {counts} (number of "
+                         f"batches) of {stratify_key!r} would have no training batch in fold {k}. Each "
+                         "level needs at least 2 batches (3 when n_folds is 3); use fewer folds or merge "
+                         "levels.")
+    return group
+
+
+def _untrained_levels(group: pd.Series, levels: pd.Series, n_folds: int, held: int) -> dict:
+    """Per fold ``k``, the levels left with no training batch when groups ``k .. k + held - 1`` are held out."""
+    out = {}
     for k in range(n_folds):
-        held_out = {k, (k + 1) % n_folds}
-        in_train = group[~group.isin(held_out)].index
+        in_train = group[~group.isin({(k + i) % n_folds for i in range(held)})].index
         missing = sorted(set(levels) - set(levels[in_train]))
         if missing:
-            counts = {str(lv): len(by_level[lv]) for lv in missing}
-            raise InputError(f"With {n_folds} leave-batches-out folds, level(s) {counts} (number of "
-                             f"batches) of {stratify_key!r} would have no training batch in fold {k}. Each "
-                             "level needs at least 2 batches (3 when n_folds is 3); use fewer folds or merge "
-                             "levels.")
-    return group
+            out[k] = missing
+    return out
 
 
 def scheme_folds(scheme: str, n_folds: int, n_batches: int) -> int:
@@ -355,12 +365,15 @@ def batch_fold_plan(adata: AnnData, *, batch_key: str, condition_key: str, n_fol
                     seed: int = 0) -> tuple[pd.Series, str]:
     """The leave-batches-out folds :func:`cross_validate_mec` runs: the groups of :func:`batch_folds`
     (stratified by ``condition_key`` when it is a property of the batch, :func:`is_batch_level`) and where
-    their validation cells come from (:func:`leave_batches_out_validation`). Raises :class:`InputError` when
-    the batches cannot be split so (fewer than 3, or fewer than ``n_folds``).
+    their validation cells come from: held-out batches (``"batches"``) unless that would leave a fold fewer
+    than two training batches (:func:`leave_batches_out_validation`) or a level none, then the training
+    batches' own cells (``"cells"``). Raises :class:`InputError` when the batches cannot be split so (fewer
+    than 3, fewer than ``n_folds``, or a level with a single batch).
     """
     stratify = condition_key if is_batch_level(adata, batch_key, condition_key) else None
-    groups = batch_folds(adata, batch_key, n_folds, stratify, seed)
-    return groups, leave_batches_out_validation(groups, n_folds)
+    groups = batch_folds(adata, batch_key, n_folds, stratify, seed, validation="cells")
+    rotation_keeps_levels = not _untrained_levels(groups, _batch_levels(adata, batch_key, stratify), n_folds, 2)
+    return groups, leave_batches_out_validation(groups, n_folds) if rotation_keeps_levels else "cells"
 
 
 def split_batch_fold(adata: AnnData, *, batch_key: str, fold: int, n_folds: int = 5,

@@ -275,3 +275,27 @@ def test_leave_batches_out_with_three_batches_validates_on_training_cells(tiny):
     assert set(table["fold"]) == {0} and table["value"].between(0, 1).all()
     with pytest.raises(InputError, match="validation must be one of"):
         classify.split_batch_fold(three, batch_key="batch", fold=0, n_folds=3, folds=groups, validation="donors")
+
+
+def test_leave_batches_out_with_two_batches_per_condition_and_three_folds(tiny):
+    """Quick mode's 3 folds on 4 donors, 2 per condition: holding out a validation group as well leaves one
+    condition without a training batch in some fold (the rotation refuses); validating on training cells
+    keeps one of each, so the scheme runs."""
+    four = tiny[tiny.obs["batch"].isin(["batch0", "batch1", "batch2", "batch3"])].copy()
+    assert classify.is_batch_level(four, "batch", "condition")
+    with pytest.raises(InputError, match="no training batch"):
+        classify.batch_folds(four, "batch", 3, "condition", seed=0)
+    groups, validation = classify.batch_fold_plan(four, batch_key="batch", condition_key="condition", n_folds=3)
+    assert validation == "cells"
+    pd.testing.assert_series_equal(groups, classify.batch_folds(four, "batch", 3, "condition", seed=0,
+                                                                validation="cells"))
+    for k in range(3):
+        split = classify.split_batch_fold(four, batch_key="batch", fold=k, n_folds=3, folds=groups,
+                                          validation=validation)
+        trained = four.obs.loc[(split == "train").to_numpy(), "condition"]
+        assert set(trained) == set(four.obs["condition"]), "every condition keeps a training batch"
+    table = classify.cross_validate_mec(four, scheme="batches", **{**CV, "folds": [0]})
+    assert set(table["fold"]) == {0} and table["value"].between(0, 1).all()
+    with pytest.raises(InputError, match="no training batch"):              # a condition with one batch
+        classify.batch_fold_plan(four[four.obs["batch"] != "batch1"].copy(), batch_key="batch",
+                                 condition_key="condition", n_folds=3)

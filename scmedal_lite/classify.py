@@ -49,7 +49,7 @@ from sklearn.metrics import accuracy_score, balanced_accuracy_score
 from sklearn.preprocessing import StandardScaler
 
 from ._settings import settings
-from .pp import SPLIT_KEY, split_masks
+from .pp import SPLIT_KEY, cell_folds, split_masks
 from .validate import InputError, as_int, as_mask, check_choice, check_obs_key
 
 log = logging.getLogger(__name__)
@@ -312,24 +312,21 @@ def batch_folds(adata: AnnData, batch_key: str, n_folds: int = 5, stratify_key: 
     empty = [k for k in range(n_folds) if sizes[k] == 0]
     if empty:
         raise InputError(f"Folds {empty} got no batch; use fewer folds.")
-    for k, missing in _untrained_levels(group, levels, n_folds, 2 if validation == "batches" else 1).items():
-        counts = {str(lv): len(by_level[lv]) for lv in missing}
-        raise InputError(f"With {n_folds} leave-batches-out folds, level(s) {counts} (number of "
-                         f"batches) of {stratify_key!r} would have no training batch in fold {k}. Each "
-                         "level needs at least 2 batches (3 when n_folds is 3); use fewer folds or merge "
-                         "levels.")
+    for k, in_train in enumerate(_training_batches(group, n_folds, 2 if validation == "batches" else 1)):
+        missing = sorted(set(levels) - set(levels[in_train]))
+        if missing:
+            counts = {str(lv): len(by_level[lv]) for lv in missing}
+            raise InputError(f"With {n_folds} leave-batches-out folds, level(s) {counts} (number of "
+                             f"batches) of {stratify_key!r} would have no training batch in fold {k}. Each "
+                             "level needs at least 2 batches (3 when n_folds is 3); use fewer folds or merge "
+                             "levels.")
     return group
 
 
-def _untrained_levels(group: pd.Series, levels: pd.Series, n_folds: int, held: int) -> dict:
-    """Per fold ``k``, the levels left with no training batch when groups ``k .. k + held - 1`` are held out."""
-    out = {}
-    for k in range(n_folds):
-        in_train = group[~group.isin({(k + i) % n_folds for i in range(held)})].index
-        missing = sorted(set(levels) - set(levels[in_train]))
-        if missing:
-            out[k] = missing
-    return out
+def _training_batches(group: pd.Series, n_folds: int, held: int) -> list[pd.Index]:
+    """Per fold ``k``, the batches that train when groups ``k .. k + held - 1`` are held out (2: test and
+    validation groups; 1: the test group only)."""
+    return [group.index[~group.isin({(k + i) % n_folds for i in range(held)})] for k in range(n_folds)]
 
 
 def scheme_folds(scheme: str, n_folds: int, n_batches: int) -> int:
@@ -356,9 +353,7 @@ def leave_batches_out_validation(folds: pd.Series, n_folds: int) -> str:
     ('cells', 'batches')
     """
     n_folds = as_int("n_folds", n_folds, minimum=3)
-    counts = folds.value_counts().reindex(range(n_folds), fill_value=0).to_numpy()
-    kept = [counts.sum() - counts[k] - counts[(k + 1) % n_folds] for k in range(n_folds)]
-    return "batches" if min(kept) >= 2 else "cells"
+    return "batches" if min(len(t) for t in _training_batches(folds, n_folds, 2)) >= 2 else "cells"
 
 
 def batch_fold_plan(adata: AnnData, *, batch_key: str, condition_key: str, n_folds: int,
@@ -372,7 +367,8 @@ def batch_fold_plan(adata: AnnData, *, batch_key: str, condition_key: str, n_fol
     """
     stratify = condition_key if is_batch_level(adata, batch_key, condition_key) else None
     groups = batch_folds(adata, batch_key, n_folds, stratify, seed, validation="cells")
-    rotation_keeps_levels = not _untrained_levels(groups, _batch_levels(adata, batch_key, stratify), n_folds, 2)
+    levels = _batch_levels(adata, batch_key, stratify)
+    rotation_keeps_levels = all(set(levels[t]) == set(levels) for t in _training_batches(groups, n_folds, 2))
     return groups, leave_batches_out_validation(groups, n_folds) if rotation_keeps_levels else "cells"
 
 
@@ -387,8 +383,6 @@ def split_batch_fold(adata: AnnData, *, batch_key: str, fold: int, n_folds: int 
     group trains, and one in :data:`CELL_VALIDATION_FOLDS` of their cells (seeded, stratified by batch)
     validates instead. Test batches are never seen in either. Returns the new column.
     """
-    from .pp import cell_folds
-
     n_folds = as_int("n_folds", n_folds, minimum=3)
     check_choice("validation", validation, VALIDATIONS)
     folds = batch_folds(adata, batch_key, n_folds, stratify_key, seed) if folds is None else folds

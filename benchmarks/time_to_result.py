@@ -124,7 +124,8 @@ def run_cli(data, out, code_dir=None, jobs=None, *, keys):
     env = dict(os.environ)
     for var in ("SCMEDAL_DATA_PATH", "SCMEDAL_MAX_EPOCHS", "SCMEDAL_QUICK", "SCMEDAL_OUTPUT_DIR", "SCMEDAL_MODEL_DIR"):
         env.pop(var, None)
-    cmd = [sys.executable, "-m", "scmedal_lite.cli", "run", data, *keys, "--out", out, "--quiet"]
+    # -P: the command imports the package from code_dir (PYTHONPATH), not from the folder it is started in
+    cmd = [sys.executable, "-P", "-m", "scmedal_lite.cli", "run", data, *keys, "--out", out, "--quiet"]
     if jobs is not None:
         cmd += ["--jobs", str(jobs)]
     if code_dir is not None:

@@ -10,7 +10,8 @@
   2), each in a kernel of its own; chapter 02 (the shortest on small data; :data:`scmedal_lite.cli.STARTED_LAST`)
   starts last.
   Much of a chapter is single-threaded (kernel start-up and imports, graph tracing, UMAP, genomap's
-  transport, plots), so two kernels keep a 2-CPU machine busier than one (book/performance.md).
+  transport, plots), so two kernels keep a 2-CPU machine busier than one (book/performance.md). Each kernel's
+  TensorFlow gets its share of the CPUs (:func:`scmedal_lite.cli.threads_per_kernel`).
 
 Each kernel's own standard error (TensorFlow's and ipykernel's start-up lines, not the cells' output) goes to
 ``_build/logs/<chapter>.log`` (:mod:`scmedal_lite.kernel_log`), not to the terminal.
@@ -39,8 +40,15 @@ from jupyter_cache.executors.basic import ExecutionWorkerLocalMProc, ProcessData
 from jupyter_cache.executors.utils import single_nb_execution
 
 # Shared with `scmedal-lite run`: the chapter that trains its own model per fold (the longest) runs beside chapter
-# 00, and a kernel may take minutes to start while another chapter trains on both CPUs.
-from scmedal_lite.cli import KERNEL_START_TIMEOUT, WITHOUT_MODEL, retry_kernel_start, start_order
+# 00, a kernel may take minutes to start while another chapter trains on both CPUs, and each kernel's TensorFlow
+# gets its share of the CPUs.
+from scmedal_lite.cli import (
+    KERNEL_START_TIMEOUT,
+    WITHOUT_MODEL,
+    retry_kernel_start,
+    start_order,
+    threads_per_kernel,
+)
 from scmedal_lite.kernel_log import logging_kernel_manager
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -112,7 +120,8 @@ def execute(cache, records, jobs: int, timeout: int) -> list[str]:
         return failed
 
     spawn = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max(1, min(jobs, len(records))), mp_context=spawn) as pool:
+    at_once = max(1, min(jobs, len(records)))
+    with threads_per_kernel(at_once), ProcessPoolExecutor(at_once, mp_context=spawn) as pool:
         print(f"executing {Path(first.uri).name} first (the shared model)"
               + "".join(f", {Path(r.uri).name} beside it (no shared model)" for r in beside), flush=True)
         head, side = run(pool, first), [run(pool, r) for r in beside]

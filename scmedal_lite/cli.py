@@ -25,12 +25,12 @@ notebooks run with papermill, sharing one trained model, and ``DIR`` receives::
 
 Notebook 00 trains the shared model; notebook 04, which trains its own model per fold, runs beside it, and the
 other notebooks run once the model is saved, two notebooks at a time in all (``--jobs``; each in a kernel of its
-own; notebook 02, the shortest on small data, starts last). ``DATA.h5ad`` is only read. ``DIR`` is written whole
-or not at all: the run builds everything in ``DIR.partial`` and moves it to ``DIR`` in one step when every
-notebook has run; an existing non-empty ``DIR`` is refused unless ``--overwrite``. A run that was killed or failed
-leaves ``DIR.partial``, with a marker for each notebook that completed: ``--resume`` (same input and parameters)
-reuses those notebooks and the trained model and runs the rest; without ``--resume`` an old ``DIR.partial`` is
-removed and the run starts afresh.
+own, whose TensorFlow uses its share of the CPUs; notebook 02, the shortest on small data, starts last).
+``DATA.h5ad`` is only read. ``DIR`` is written whole or not at all: the run builds everything in
+``DIR.partial`` and moves it to ``DIR`` in one step when every notebook has run; an existing non-empty ``DIR`` is
+refused unless ``--overwrite``. A run that was killed or failed leaves ``DIR.partial``, with a marker for each
+notebook that completed: ``--resume`` (same input and parameters) reuses those notebooks and the trained model
+and runs the rest; without ``--resume`` an old ``DIR.partial`` is removed and the run starts afresh.
 
 The flags say everything: the ``SCMEDAL_*`` environment variables that the notebooks otherwise read
 (:data:`scmedal_lite.tutorial.ENVIRONMENT`) are ignored. Progress goes to stdout (one line per notebook) and a
@@ -136,7 +136,8 @@ def _parser() -> argparse.ArgumentParser:
                      help=f"comma-separated subset of the notebooks (default all: {','.join(NOTEBOOKS)})")
     run.add_argument("--notebooks-dir", default=None, help=argparse.SUPPRESS)
     run.add_argument("--jobs", "-j", type=int, default=None,
-                     help="notebooks run at a time once the model is trained (default: 2, or 1 on one CPU)")
+                     help="notebooks run at a time once the model is trained (default: 2, or 1 on one CPU); "
+                          "each kernel's TensorFlow then uses CPUs/N threads (TF_NUM_INTRAOP_THREADS, unless set)")
     run.add_argument("--timeout", type=int, default=None,
                      help="seconds allowed per notebook cell (default: no limit)")
     from .apply import add_parser
@@ -239,15 +240,17 @@ def _say(args, message: str) -> None:
         print(message, flush=True)
 
 
-def _execute(checked: dict, parameters: dict, work: str, args) -> tuple[list, dict, dict, list]:
+def _execute(checked: dict, parameters: dict, work: str, args) -> tuple[list, dict, dict, list, int | None]:
     """Run the selected notebooks with papermill into ``work/notebooks``, without the ``SCMEDAL_*``
     environment; a notebook with a completion marker (a resumed run) is not run again. Returns (executed
-    paths, seconds per notebook, status per path, notebooks reused). A failure raises :class:`_RunFailed`.
+    paths, seconds per notebook, status per path, notebooks reused, TensorFlow threads per kernel). A failure
+    raises :class:`_RunFailed`.
 
     The first notebook to run trains and saves the shared model (notebook 00) or loads it. With ``args.jobs``
     above 1 the notebooks that do not use that model (:data:`WITHOUT_MODEL`) start beside it; the others only
     read the model and write files of their own, so they start once it is saved. At most ``args.jobs`` run at a
-    time, each in its own kernel (:func:`default_jobs`). After a failure no further notebook starts; those
+    time, each in its own kernel (:func:`default_jobs`) whose TensorFlow gets its share of the CPUs
+    (:func:`threads_per_kernel`). After a failure no further notebook starts; those
     already running finish and keep their completion markers, so ``--resume`` reruns only what is left."""
     from concurrent.futures import ThreadPoolExecutor
 
@@ -278,8 +281,9 @@ def _execute(checked: dict, parameters: dict, work: str, args) -> tuple[list, di
         timings[name], status[dst], executed[name] = seconds, f"ok, {seconds:.0f} s", dst
         _say(args, f"      {name} done in {seconds:.0f} s")
 
-    with (_without_notebook_environment(), _silenced_stderr(args.quiet),
-          ThreadPoolExecutor(max(1, min(args.jobs, len(pending)))) as pool):
+    at_once = max(1, min(args.jobs, len(pending)))
+    with (_without_notebook_environment(), _silenced_stderr(args.quiet), threads_per_kernel(at_once) as threads,
+          ThreadPoolExecutor(at_once) as pool):
         if pending:
             first = pool.submit(one, *pending[0], True)    # trains (or loads) the shared model; a bar (none beside)
             for i, name in beside:
@@ -295,7 +299,7 @@ def _execute(checked: dict, parameters: dict, work: str, args) -> tuple[list, di
     if failures:
         raise failures[0]
     order = [n for n in names if n in executed]
-    return [executed[n] for n in order], {n: timings[n] for n in order}, status, reused
+    return [executed[n] for n in order], {n: timings[n] for n in order}, status, reused, threads
 
 
 def _run_notebook(checked, name, parameters, work, args, bars: bool) -> tuple[str, float]:
@@ -378,6 +382,52 @@ def start_order(items, key=lambda name: name):
     return sorted(items, key=lambda item: key(item) in STARTED_LAST)
 
 
+#: The environment variable that sets TensorFlow's intra-op threads (read once, when TensorFlow starts).
+THREADS_VARIABLE = "TF_NUM_INTRAOP_THREADS"
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity where the system tells it, else ``os.cpu_count()``)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:                   # pragma: no cover - macOS and Windows have no affinity call
+        return os.cpu_count() or 1
+
+
+def kernel_threads(jobs: int, cpus: int | None = None) -> int | None:
+    """TensorFlow threads per kernel when ``jobs`` kernels run at a time: the CPUs shared out, at least 1; None
+    for one kernel at a time (TensorFlow's default, every CPU).
+
+    Each TensorFlow takes every CPU by default, so two kernels on 2 CPUs run 4 busy threads that take turns:
+    one thread each made ``scmedal-lite run`` on 1,713 COVID cells 157-162 s instead of 174-175 s, on a 2-CPU
+    machine (book/performance.md). The thread count fixes the order of floating-point sums, so a run with
+    another ``--jobs`` (or on another number of CPUs) trains slightly different networks; the same command on
+    the same machine gives the same numbers.
+
+    >>> kernel_threads(2, cpus=2), kernel_threads(2, cpus=16), kernel_threads(1, cpus=16), kernel_threads(3, cpus=2)
+    (1, 8, None, 1)
+    """
+    cpus = available_cpus() if cpus is None else cpus
+    return None if jobs <= 1 else max(1, cpus // jobs)
+
+
+@contextlib.contextmanager
+def threads_per_kernel(jobs: int):
+    """Set :data:`THREADS_VARIABLE` to :func:`kernel_threads` for the kernels started inside (kernels inherit this
+    process's environment), unless the user set it; yields the count the kernels get (None: TensorFlow's
+    default). Used by ``scmedal-lite run`` and ``book/execute.py``."""
+    own = os.environ.get(THREADS_VARIABLE)
+    threads = kernel_threads(jobs)
+    if own is not None or threads is None:
+        yield int(own) if own and own.isdigit() else None
+        return
+    os.environ[THREADS_VARIABLE] = str(threads)
+    try:
+        yield threads
+    finally:
+        os.environ.pop(THREADS_VARIABLE, None)
+
+
 def default_jobs(cpus: int | None = None) -> int:
     """Notebooks run at a time after the first (``--jobs`` default): 2, or 1 on a single CPU.
 
@@ -389,7 +439,7 @@ def default_jobs(cpus: int | None = None) -> int:
     >>> default_jobs(1), default_jobs(2), default_jobs(16)
     (1, 2, 2)
     """
-    cpus = os.cpu_count() if cpus is None else cpus
+    cpus = available_cpus() if cpus is None else cpus
     return 2 if (cpus or 1) >= 2 else 1
 
 
@@ -470,7 +520,7 @@ def run(args) -> int:
                             args)
         # relative to the kernels' folder (work/notebooks): the executed notebooks show no absolute path of it
         run_params = dict(params, output_dir=os.path.join("..", "results"), model_dir=os.path.join("..", "model"))
-        executed, timings, status, reused = _execute(checked, run_params, work, args)
+        executed, timings, status, reused, threads = _execute(checked, run_params, work, args)
         _collect(work, os.path.join(work, "results"))
         _report(work, executed, status, args, digest, data)
         if sha256(data) != digest:                     # belt and braces: the input must never change
@@ -478,7 +528,8 @@ def run(args) -> int:
         write_json(os.path.join(work, "run.json"), {
             "command": _command(args), "scmedal_lite_version": __version__, "versions": versions(),
             "input": data, "input_sha256": digest, "parameters": params, "notebooks": checked["notebooks"],
-            "reused_from_an_earlier_run": reused, "jobs": args.jobs, "seconds_per_notebook": timings,
+            "reused_from_an_earlier_run": reused, "jobs": args.jobs,
+            "tensorflow_threads_per_kernel": threads, "seconds_per_notebook": timings,
             "seconds_total": round(time.perf_counter() - started, 1)})
         shutil.rmtree(os.path.join(work, STATE_DIR))
         promote_dir(work, out, overwrite=args.overwrite)

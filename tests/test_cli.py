@@ -323,6 +323,40 @@ def test_jobs_run_the_model_free_notebook_beside_the_first_and_the_others_after_
     assert "--jobs" in capsys.readouterr().err
 
 
+def test_kernels_share_the_cpus_between_them(data, tmp_path, monkeypatch):
+    """With two notebooks at a time each kernel's TensorFlow gets half the CPUs (TF_NUM_INTRAOP_THREADS, which
+    the kernels inherit), recorded in run.json; one at a time keeps TensorFlow's default; a value the user set is
+    kept; the variable is gone from this process afterwards."""
+    import papermill
+
+    seen = {}
+    inner = fake_runner()
+
+    def recording(src, dst, parameters, **kw):
+        seen[Path(src).stem] = os.environ.get(cli.THREADS_VARIABLE)
+        return inner(src, dst, parameters, **kw)
+
+    monkeypatch.setattr(papermill, "execute_notebook", recording)
+    monkeypatch.delenv(cli.THREADS_VARIABLE, raising=False)
+    monkeypatch.setattr(cli, "available_cpus", lambda: 4)
+    assert cli.main(args(data, tmp_path / "two", "--jobs", "2")) == 0
+    assert set(seen.values()) == {"2"} and len(seen) == len(cli.NOTEBOOKS)
+    assert json.loads((tmp_path / "two" / "run.json").read_text())["tensorflow_threads_per_kernel"] == 2
+    assert cli.THREADS_VARIABLE not in os.environ, "the setting is for the kernels only"
+
+    seen.clear()
+    assert cli.main(args(data, tmp_path / "one", "--jobs", "1")) == 0
+    assert set(seen.values()) == {None}
+    assert json.loads((tmp_path / "one" / "run.json").read_text())["tensorflow_threads_per_kernel"] is None
+
+    seen.clear()
+    monkeypatch.setenv(cli.THREADS_VARIABLE, "3")
+    assert cli.main(args(data, tmp_path / "own", "--jobs", "2")) == 0
+    assert set(seen.values()) == {"3"}
+    assert json.loads((tmp_path / "own" / "run.json").read_text())["tensorflow_threads_per_kernel"] == 3
+    assert os.environ[cli.THREADS_VARIABLE] == "3"
+
+
 def test_after_a_failure_no_further_notebook_starts(data, tmp_path, monkeypatch, capsys):
     import papermill
 

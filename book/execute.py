@@ -45,6 +45,7 @@ from jupyter_cache.executors.utils import single_nb_execution
 from scmedal_lite.cli import (
     KERNEL_START_TIMEOUT,
     WITHOUT_MODEL,
+    kernels_at_once,
     retry_kernel_start,
     start_order,
     threads_per_kernel,
@@ -120,8 +121,8 @@ def execute(cache, records, jobs: int, timeout: int) -> list[str]:
         return failed
 
     spawn = multiprocessing.get_context("spawn")
-    at_once = max(1, min(jobs, len(records)))
-    with threads_per_kernel(at_once), ProcessPoolExecutor(at_once, mp_context=spawn) as pool:
+    at_once = kernels_at_once(jobs, beside=len(beside), after=len(rest))
+    with threads_per_kernel(at_once), ProcessPoolExecutor(max(1, min(jobs, len(records))), mp_context=spawn) as pool:
         print(f"executing {Path(first.uri).name} first (the shared model)"
               + "".join(f", {Path(r.uri).name} beside it (no shared model)" for r in beside), flush=True)
         head, side = run(pool, first), [run(pool, r) for r in beside]

@@ -281,9 +281,9 @@ def _execute(checked: dict, parameters: dict, work: str, args) -> tuple[list, di
         timings[name], status[dst], executed[name] = seconds, f"ok, {seconds:.0f} s", dst
         _say(args, f"      {name} done in {seconds:.0f} s")
 
-    at_once = max(1, min(args.jobs, len(pending)))
+    at_once = kernels_at_once(args.jobs, beside=len(beside), after=len(pending) - 1 - len(beside))
     with (_without_notebook_environment(), _silenced_stderr(args.quiet), threads_per_kernel(at_once) as threads,
-          ThreadPoolExecutor(at_once) as pool):
+          ThreadPoolExecutor(max(1, min(args.jobs, len(pending)))) as pool):
         if pending:
             first = pool.submit(one, *pending[0], True)    # trains (or loads) the shared model; a bar (none beside)
             for i, name in beside:
@@ -380,6 +380,16 @@ def start_order(items, key=lambda name: name):
     ['01_batch_suppression', '03_genomap_projection', '02_random_effects']
     """
     return sorted(items, key=lambda item: key(item) in STARTED_LAST)
+
+
+def kernels_at_once(jobs: int, beside: int, after: int) -> int:
+    """The most kernels that run at once: the first notebook with the ``beside`` ones that start with it, or
+    the ``after`` ones that start once its model is saved, at most ``jobs``.
+
+    >>> kernels_at_once(2, beside=1, after=3), kernels_at_once(2, beside=0, after=1), kernels_at_once(1, 1, 3)
+    (2, 1, 1)
+    """
+    return max(1, min(jobs, max(1 + beside, after)))
 
 
 #: The environment variable that sets TensorFlow's intra-op threads (read once, when TensorFlow starts).

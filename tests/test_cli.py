@@ -325,8 +325,8 @@ def test_jobs_run_the_model_free_notebook_beside_the_first_and_the_others_after_
 
 def test_kernels_share_the_cpus_between_them(data, tmp_path, monkeypatch):
     """With two notebooks at a time each kernel's TensorFlow gets half the CPUs (TF_NUM_INTRAOP_THREADS, which
-    the kernels inherit), recorded in run.json; one at a time keeps TensorFlow's default; a value the user set is
-    kept; the variable is gone from this process afterwards."""
+    the kernels inherit), recorded in run.json; one at a time (--jobs 1, or notebooks that cannot overlap) keeps
+    TensorFlow's default; a value the user set is kept; the variable is gone from this process afterwards."""
     import papermill
 
     seen = {}
@@ -348,6 +348,11 @@ def test_kernels_share_the_cpus_between_them(data, tmp_path, monkeypatch):
     assert cli.main(args(data, tmp_path / "one", "--jobs", "1")) == 0
     assert set(seen.values()) == {None}
     assert json.loads((tmp_path / "one" / "run.json").read_text())["tensorflow_threads_per_kernel"] is None
+
+    seen.clear()                           # two notebooks, the second needs the first's model: one at a time
+    assert cli.main(args(data, tmp_path / "pair", "--jobs", "2", "--notebooks",
+                         "00_quickstart,01_batch_suppression")) == 0
+    assert seen == {"00_quickstart": None, "01_batch_suppression": None}
 
     seen.clear()
     monkeypatch.setenv(cli.THREADS_VARIABLE, "3")

@@ -404,30 +404,27 @@ def available_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def kernel_threads(jobs: int, cpus: int | None = None) -> int | None:
-    """TensorFlow threads per kernel when ``jobs`` kernels run at a time: the CPUs shared out, at least 1; None
-    for one kernel at a time (TensorFlow's default, every CPU).
-
-    Each TensorFlow takes every CPU by default, so two kernels on 2 CPUs run 4 busy threads that take turns:
-    one thread each made ``scmedal-lite run`` on 1,713 COVID cells 157-162 s instead of 174-175 s, on a 2-CPU
-    machine (book/performance.md). The thread count fixes the order of floating-point sums, so a run with
-    another ``--jobs`` (or on another number of CPUs) trains slightly different networks; the same command on
-    the same machine gives the same numbers.
+def kernel_threads(kernels: int, cpus: int | None = None) -> int | None:
+    """TensorFlow threads per kernel when ``kernels`` run at a time: the CPUs shared out, at least 1; None for
+    one kernel at a time (TensorFlow's default, every CPU). By default each TensorFlow takes every CPU, so two
+    kernels on 2 CPUs would run 4 busy threads taking turns (measured in book/performance.md, "Each kernel's
+    TensorFlow on its share of the CPUs"). The count sets the order of floating-point sums: another count
+    trains slightly different networks, the same count the same ones.
 
     >>> kernel_threads(2, cpus=2), kernel_threads(2, cpus=16), kernel_threads(1, cpus=16), kernel_threads(3, cpus=2)
     (1, 8, None, 1)
     """
     cpus = available_cpus() if cpus is None else cpus
-    return None if jobs <= 1 else max(1, cpus // jobs)
+    return None if kernels <= 1 else max(1, cpus // kernels)
 
 
 @contextlib.contextmanager
-def threads_per_kernel(jobs: int):
+def threads_per_kernel(kernels: int):
     """Set :data:`THREADS_VARIABLE` to :func:`kernel_threads` for the kernels started inside (kernels inherit this
     process's environment), unless the user set it; yields the count the kernels get (None: TensorFlow's
     default). Used by ``scmedal-lite run`` and ``book/execute.py``."""
     own = os.environ.get(THREADS_VARIABLE)
-    threads = kernel_threads(jobs)
+    threads = kernel_threads(kernels)
     if own is not None or threads is None:
         yield int(own) if own and own.isdigit() else None
         return

@@ -488,8 +488,11 @@ class SCMEDAL:
         scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
         with scope:
             net = self._build(kind)
+            epoch_steps = steps_per_epoch(int(self.train_mask.sum()), settings.batch_size)
             if getattr(net, "weight_average", 0) > 0:         # the average is written into the weights each epoch
-                net.average_every = steps_per_epoch(int(self.train_mask.sum()), settings.batch_size)
+                net.average_every = epoch_steps
+            if getattr(net, "w_mix", 0) > 0 and net.mix_warmup > 0:     # a share of this run's budget, in steps
+                net.mix_warmup_steps = round(net.mix_warmup * settings.max_epochs * epoch_steps)
             net.compile(learning_rate=settings.learning_rate)      # builds its optimisers on its weights
         train = self._inputs(kind, self.adata, self.train_mask)
         val = self._inputs(kind, self.adata, self.val_mask)

@@ -395,6 +395,9 @@ class FixedEffectsAE(AutoEncoder):
     - ``stop_min_improvement``: the fraction by which the watched loss must beat the last value that counted
       to reset early stopping's patience [0: any new best]; the best weights restored are still the lowest
       loss's (:class:`scmedal_lite.training.EarlyStopper`).
+    - ``mix_warmup``: the fraction of the training budget over which ``w_mix`` rises linearly from 0 [0: full
+      weight from the first step]. :meth:`scmedal_lite.SCMEDAL.train` turns it into
+      :attr:`mix_warmup_steps` (the fraction times the run's epochs times its steps per epoch).
 
     ``w_mix`` (0 in the paper) adds ``w_mix·S`` to the autoencoder's training loss, where ``S`` is the soft kNN
     same-batch fraction of the minibatch's latents (:func:`_soft_same_batch_fraction`, ``mix_neighbours``
@@ -433,7 +436,7 @@ class FixedEffectsAE(AutoEncoder):
     def __init__(self, n_genes, n_batches, hidden=(512, 132), latent_dim=50, n_labels=None, w_recon=1000.0,
                  w_gen=1.0, w_class=1.0, adversary_hidden=None, *, decoder="tied", adversary_input="all",
                  generator_loss="negative_ce", adversary_steps=1, adversary_pass="separate", stop_on="loss",
-                 stop_min_improvement=0.0,
+                 stop_min_improvement=0.0, mix_warmup=0.0,
                  w_mix=0.0, mix_neighbours=5,
                  w_keep=0.0, w_center=0.0, weight_average=0.0, average_every=None, seed=None, re_kwargs=None,
                  **kwargs):
@@ -450,6 +453,8 @@ class FixedEffectsAE(AutoEncoder):
         self.decoder_kind, self.adversary_input, self.generator_loss = decoder, adversary_input, generator_loss
         self.adversary_steps, self.adversary_pass = int(adversary_steps), adversary_pass
         self.w_mix, self.mix_neighbours = float(w_mix), int(mix_neighbours)
+        self.mix_warmup = float(mix_warmup)
+        self.mix_warmup_steps = 0          # set before training (SCMEDAL.train); 0: w_mix from the first step
         if self.w_mix > 0:
             self.loss_names = self.loss_names + ("mix_loss",)
         self.w_keep = float(w_keep)
@@ -552,7 +557,7 @@ class FixedEffectsAE(AutoEncoder):
         if self.w_mix > 0:
             out["mix_loss"] = (_soft_same_batch_fraction(acts[-1], z, self.mix_neighbours) if training
                                else ops.zeros((), "float32"))
-            total = total + self.w_mix * out["mix_loss"]
+            total = total + self._mix_weight(training) * out["mix_loss"]
         if self.w_keep > 0:
             out["keep_loss"] = (_neighbour_keeping_loss(self._keep_space(x), acts[-1], z, self.mix_neighbours)
                                 if training else ops.zeros((), "float32"))
@@ -567,6 +572,13 @@ class FixedEffectsAE(AutoEncoder):
             total = total + self.w_class * out["class_loss"]
         out["loss"] = total
         return out
+
+    def _mix_weight(self, training):
+        """``w_mix``, scaled by ``min(1, steps taken / mix_warmup_steps)`` while training when a warm-up is set."""
+        if not training or self.mix_warmup_steps <= 0:
+            return self.w_mix
+        taken = ops.cast(self.optimizer.iterations, "float32")
+        return self.w_mix * ops.minimum(1.0, taken / float(self.mix_warmup_steps))
 
     def set_keep_reference(self, mean, components):
         """The space whose within-batch neighbourhoods the ``w_keep`` term preserves: ``(x - mean) @ components``

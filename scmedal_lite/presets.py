@@ -21,7 +21,7 @@ from .validate import InputError
 #: The FE network's design (see :class:`scmedal_lite.networks.FixedEffectsAE`): the paper's, and the allowed values.
 PAPER_FE_DESIGN = {"decoder": "tied", "adversary_input": "all", "generator_loss": "negative_ce",
                    "adversary_steps": 1, "adversary_pass": "separate", "stop_on": "loss",
-                   "stop_min_improvement": 0.0, "weight_average": 0.0}
+                   "stop_min_improvement": 0.0, "weight_average": 0.0, "mix_warmup": 0.0}
 FE_DESIGN_CHOICES = {"decoder": ("tied", "random_effects"), "adversary_input": ("all", "latent"),
                      "generator_loss": ("negative_ce", "confusion"), "adversary_pass": ("separate", "shared"),
                      "stop_on": ("loss", "recon_loss")}
@@ -60,6 +60,10 @@ PRESETS: dict[str, dict] = {
                       # a new best must beat the last counted one by 0.3 % to reset the patience: gains
                       # below that on a plateau are noise (book/method.md, "When FE stops").
                       "stop_min_improvement": 0.003,
+                      # the local-mixing term's weight rises linearly from 0 over the first half of the
+                      # training budget (in steps), so reconstruction shapes the latent before mixing pulls
+                      # on it (book/method.md, "A warm-up for the mixing term").
+                      "mix_warmup": 0.5,
                       # weight_average > 0 (opt-in): at every epoch's end the autoencoder's weights become
                       # their moving average over the steps (book/method.md, "Averaged weights").
                       "weight_average": 0.0},

@@ -372,13 +372,15 @@ def parse_settings(part: str, values, defaults: dict) -> dict:
 def parse_fe_design(values) -> dict:
     """Check user overrides of the FE network's design (``decoder``, ``adversary_input``, ``generator_loss``,
     ``adversary_pass``, ``stop_on``: one of their choices; ``adversary_steps``, ``mix_neighbours``: an integer >= 1;
-    ``weight_average``: a momentum in [0, 1), 0 for off; ``stop_min_improvement``: a fraction in [0, 1)).
+    ``weight_average``: a momentum in [0, 1), 0 for off; ``stop_min_improvement``, ``mix_warmup``: a fraction in
+    [0, 1)).
     Values may be strings."""
     from .presets import FE_DESIGN_CHOICES
 
     if values is None:
         return {}
-    allowed = [*FE_DESIGN_CHOICES, "adversary_steps", "mix_neighbours", "weight_average", "stop_min_improvement"]
+    allowed = [*FE_DESIGN_CHOICES, "adversary_steps", "mix_neighbours", "weight_average", "stop_min_improvement",
+               "mix_warmup"]
     if not isinstance(values, dict):
         raise InputError(f"fe_design must be a dict with some of {allowed}; got {type(values).__name__}.")
     unknown = sorted(set(values) - set(allowed))
@@ -393,6 +395,12 @@ def parse_fe_design(values) -> dict:
             if out[key] >= 1:
                 raise InputError(f"fe_design['stop_min_improvement'] must be a fraction below 1 (e.g. 0.003 "
                                  f"for 0.3 %; 0 counts any new best); got {value!r}.")
+        elif key == "mix_warmup":
+            out[key] = as_float(f"fe_design[{key!r}]", value, minimum=0.0)
+            if out[key] >= 1:
+                raise InputError(f"fe_design['mix_warmup'] must be a fraction of the training budget below 1 "
+                                 f"(e.g. 0.5 for its first half; 0 applies w_mix from the first step); "
+                                 f"got {value!r}.")
         elif key == "weight_average":
             out[key] = as_float(f"fe_design[{key!r}]", value, minimum=0.0)
             if out[key] >= 1:

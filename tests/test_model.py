@@ -297,6 +297,23 @@ def test_fe_stop_min_improvement_is_the_default_fe_design_and_checked(synth):
             sm.SCMEDAL(synth, "batch", "celltype", fe_design={"stop_min_improvement": bad})
 
 
+def test_mix_warmup_is_half_the_budget_by_default_and_checked(synth):
+    """The default FE's mixing weight rises over the first half of the run's budget in steps; the paper's presets
+    (no mixing term) and ``mix_warmup=0`` apply it from the first step; bad values are refused."""
+    assert sm.presets.PRESETS["default"]["fe_design"]["mix_warmup"] == 0.5
+    assert all(sm.presets.PRESETS[name]["fe_design"]["mix_warmup"] == 0 for name in ("paper", "AML", "ASD", "HH"))
+    model = sm.SCMEDAL(synth, "batch", "celltype", seed=0, **SMALL)
+    model.train(max_epochs=6, which=("fe",), progress=False)
+    steps = sm.training.steps_per_epoch(int(model.train_mask.sum()), 512)
+    assert model.networks["fe"].mix_warmup_steps == round(0.5 * 6 * steps)
+    off = sm.SCMEDAL(synth, "batch", "celltype", seed=0, fe_design={"mix_warmup": 0}, **SMALL)
+    off.train(max_epochs=2, which=("fe",), progress=False)
+    assert off.networks["fe"].mix_warmup_steps == 0
+    for bad, message in ((1.0, "below 1"), (-0.1, "mix_warmup"), ("x", "must be a number")):
+        with pytest.raises(sm.InputError, match=message):
+            sm.SCMEDAL(synth, "batch", "celltype", fe_design={"mix_warmup": bad})
+
+
 def test_adversary_pass_is_shared_by_default_and_separate_for_the_paper_and_old_models(synth):
     """The default FE runs its encoder once per step; the paper's presets, and models saved before the setting
     existed (their fe_design lacks it), run it twice as the authors' code does."""

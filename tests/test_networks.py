@@ -222,6 +222,24 @@ def test_fe_extra_term_is_logged_and_only_in_training(data, weight, term):
         assert float(extra.loss_terms((x, z), True)[term]) != pytest.approx(value, rel=1e-3)
 
 
+def test_mix_warmup_scales_the_mixing_term_by_the_steps_taken(data):
+    """With ``mix_warmup_steps`` the training loss carries ``w_mix · min(1, steps / warm-up) · S``: nothing at the
+    first step, half at mid-warm-up, all of it after; validation and a net without warm-up are unchanged."""
+    x, z = data
+    net = FixedEffectsAE(20, 3, hidden=(16, 8), latent_dim=4, seed=0, w_mix=10.0, mix_warmup=0.5)
+    net.build()
+    net.compile()
+    full = net.loss_terms((x, z), True)
+    assert net.mix_warmup_steps == 0                      # SCMEDAL.train sets it; 0 keeps w_mix from step one
+    net.mix_warmup_steps = 10
+    no_mix = float(full["loss"]) - 10.0 * float(full["mix_loss"])
+    for taken, share in ((0, 0.0), (5, 0.5), (10, 1.0), (25, 1.0)):
+        net.optimizer.iterations.assign(taken)
+        out = net.loss_terms((x, z), True)
+        assert float(out["mix_loss"]) == pytest.approx(float(full["mix_loss"]), rel=1e-6)
+        assert float(out["loss"]) == pytest.approx(no_mix + share * 10.0 * float(full["mix_loss"]), rel=1e-5)
+
+
 def test_adversary_loop_gives_the_unrolled_updates(data, monkeypatch):
     """The adversary's updates run in a tf.while_loop: the same weights as the same updates unrolled (the path
     taken under a tf.distribute strategy)."""

@@ -3,7 +3,8 @@
 Methods: scMEDAL FE (package default), FE with the paper's weights (``preset="paper"``), FE with the opt-in
 neighbour-keeping term (``fe_keep``) and with it the batch-centring term (``fe_center``; ``FE_SETTINGS``), FE
 with averaged weights (``fe_avg``) and with them the neighbour-keeping term (``fe_avg_keep``; ``FE_DESIGNS``), FE
-with the encoder run twice per step as the paper does (``fe_separate``: ``adversary_pass="separate"``), RE,
+with the encoder run twice per step as the paper does (``fe_separate``: ``adversary_pass="separate"``), FE with
+its mixing term at full weight from the first step, the default before stop 47 (``fe_nowarmup``), RE,
 AE, PCA, Harmony, Scanorama, and scVI / scANVI when scvi-tools is installed. Data: the COVID PBMC data (batch
 ``sample_id``, labels ``celltype_coarse``), the human pancreas atlas subsample (batch ``donor_id``, labels
 ``cell_type``; ``sm.datasets.pancreas()``), the same pancreas cells with its 4 studies as the batches
@@ -60,6 +61,7 @@ METHODS = {
     "fe_avg": ("scMEDAL-FE (weight_average=0.99)", "network"),
     "fe_avg_keep": ("scMEDAL-FE (weight_average=0.99, w_keep=100)", "network"),
     "fe_separate": ("scMEDAL-FE (adversary_pass=separate)", "network"),
+    "fe_nowarmup": ("scMEDAL-FE (mix_warmup=0)", "network"),
     "re": ("scMEDAL-RE", "network"),
     "ae": ("AE", "network"),
     "pca": ("PCA", "baseline"),
@@ -121,7 +123,7 @@ FE_SETTINGS = {"fe_keep": {"w_keep": 100.0}, "fe_center": {"w_keep": 100.0, "w_c
                "fe_avg_keep": {"w_keep": 100.0}}
 #: FE design settings of the methods that switch on opt-in designs (book/method.md, "Averaged weights").
 FE_DESIGNS = {"fe_avg": {"weight_average": 0.99}, "fe_avg_keep": {"weight_average": 0.99},
-              "fe_separate": {"adversary_pass": "separate"}}
+              "fe_separate": {"adversary_pass": "separate"}, "fe_nowarmup": {"mix_warmup": 0.0}}
 
 
 def _run_network(adata, key, spec, epochs, seed):

@@ -369,6 +369,15 @@ def parse_settings(part: str, values, defaults: dict) -> dict:
     return out
 
 
+#: The FE design settings that take a value in [0, 1), and what that value means (for the error message).
+_FE_DESIGN_FRACTIONS = {
+    "stop_min_improvement": "a fraction, e.g. 0.003 for 0.3 %; 0 counts any new best",
+    "mix_warmup": "a fraction of the training budget, e.g. 0.5 for its first half; 0 applies w_mix from the "
+                  "first step",
+    "weight_average": "a moving average's momentum, e.g. 0.99; 0 turns it off",
+}
+
+
 def parse_fe_design(values) -> dict:
     """Check user overrides of the FE network's design (``decoder``, ``adversary_input``, ``generator_loss``,
     ``adversary_pass``, ``stop_on``: one of their choices; ``adversary_steps``, ``mix_neighbours``: an integer >= 1;
@@ -379,8 +388,7 @@ def parse_fe_design(values) -> dict:
 
     if values is None:
         return {}
-    allowed = [*FE_DESIGN_CHOICES, "adversary_steps", "mix_neighbours", "weight_average", "stop_min_improvement",
-               "mix_warmup"]
+    allowed = [*FE_DESIGN_CHOICES, "adversary_steps", "mix_neighbours", *_FE_DESIGN_FRACTIONS]
     if not isinstance(values, dict):
         raise InputError(f"fe_design must be a dict with some of {allowed}; got {type(values).__name__}.")
     unknown = sorted(set(values) - set(allowed))
@@ -390,22 +398,11 @@ def parse_fe_design(values) -> dict:
     for key, value in values.items():
         if key in ("adversary_steps", "mix_neighbours"):
             out[key] = as_int(f"fe_design[{key!r}]", value, minimum=1)
-        elif key == "stop_min_improvement":
+        elif key in _FE_DESIGN_FRACTIONS:
             out[key] = as_float(f"fe_design[{key!r}]", value, minimum=0.0)
             if out[key] >= 1:
-                raise InputError(f"fe_design['stop_min_improvement'] must be a fraction below 1 (e.g. 0.003 "
-                                 f"for 0.3 %; 0 counts any new best); got {value!r}.")
-        elif key == "mix_warmup":
-            out[key] = as_float(f"fe_design[{key!r}]", value, minimum=0.0)
-            if out[key] >= 1:
-                raise InputError(f"fe_design['mix_warmup'] must be a fraction of the training budget below 1 "
-                                 f"(e.g. 0.5 for its first half; 0 applies w_mix from the first step); "
+                raise InputError(f"fe_design[{key!r}] must be below 1 ({_FE_DESIGN_FRACTIONS[key]}); "
                                  f"got {value!r}.")
-        elif key == "weight_average":
-            out[key] = as_float(f"fe_design[{key!r}]", value, minimum=0.0)
-            if out[key] >= 1:
-                raise InputError(f"fe_design['weight_average'] must be below 1 (a moving average's momentum, "
-                                 f"e.g. 0.99; 0 turns it off); got {value!r}.")
         else:
             check_choice(f"fe_design[{key!r}]", value, FE_DESIGN_CHOICES[key])
             out[key] = value

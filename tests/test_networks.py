@@ -224,7 +224,7 @@ def test_fe_extra_term_is_logged_and_only_in_training(data, weight, term):
 
 def test_mix_warmup_scales_the_mixing_term_by_the_steps_taken(data):
     """With ``mix_warmup_steps`` the training loss carries ``w_mix · min(1, steps / warm-up) · S``: nothing at the
-    first step, half at mid-warm-up, all of it after; validation and a net without warm-up are unchanged."""
+    first step, half at mid-warm-up, all of it after; before SCMEDAL.train sets a warm-up, the full weight."""
     x, z = data
     net = FixedEffectsAE(20, 3, hidden=(16, 8), latent_dim=4, seed=0, w_mix=10.0, mix_warmup=0.5)
     net.build()

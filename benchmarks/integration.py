@@ -4,7 +4,9 @@ Methods: scMEDAL FE (package default), FE with the paper's weights (``preset="pa
 neighbour-keeping term (``fe_keep``) and with it the batch-centring term (``fe_center``; ``FE_SETTINGS``), FE
 with averaged weights (``fe_avg``) and with them the neighbour-keeping term (``fe_avg_keep``; ``FE_DESIGNS``), FE
 with the encoder run twice per step as the paper does (``fe_separate``: ``adversary_pass="separate"``), FE with
-its mixing term at full weight from the first step, the default before stop 47 (``fe_nowarmup``), RE,
+its mixing term at full weight from the first step, the default before stop 47 (``fe_nowarmup``), FE with the
+``"mixing"`` preset (``fe_mixing``: the set-level adversary, the neighbourhood-measured mixing term, the
+counterfactual-consistency term; book/method.md, "The mixing preset"), RE,
 AE, PCA, Harmony, Scanorama, and scVI / scANVI when scvi-tools is installed. Data: the COVID PBMC data (batch
 ``sample_id``, labels ``celltype_coarse``), the human pancreas atlas subsample (batch ``donor_id``, labels
 ``cell_type``; ``sm.datasets.pancreas()``), the same pancreas cells with its 4 studies as the batches
@@ -62,6 +64,7 @@ METHODS = {
     "fe_avg_keep": ("scMEDAL-FE (weight_average=0.99, w_keep=100)", "network"),
     "fe_separate": ("scMEDAL-FE (adversary_pass=separate)", "network"),
     "fe_nowarmup": ("scMEDAL-FE (mix_warmup=0)", "network"),
+    "fe_mixing": ("scMEDAL-FE (preset=mixing)", "network"),
     "re": ("scMEDAL-RE", "network"),
     "ae": ("AE", "network"),
     "pca": ("PCA", "baseline"),
@@ -130,7 +133,7 @@ def _run_network(adata, key, spec, epochs, seed):
     import scmedal_lite as sm
 
     kind = "fe" if key.startswith("fe") else key
-    preset = "paper" if key == "fe_paper" else "default"
+    preset = {"fe_paper": "paper", "fe_mixing": "mixing"}.get(key, "default")
     note = ""
     if key == "fe_paper" and epochs is None:
         # the paper's weights, with the default schedule's length (its step budget in epochs), not 500 epochs

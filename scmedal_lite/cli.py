@@ -4,8 +4,8 @@
 Usage::
 
     scmedal-lite run DATA.h5ad --batch-key donor --labels-key cell_type [--condition-key disease] --out DIR
-                     [--quick] [--max-epochs N] [--seed S] [--jobs N] [--overwrite] [--resume]
-                     [--quiet | --verbose]
+                     [--quick] [--max-epochs N] [--seed S] [--preset NAME] [--jobs N] [--overwrite]
+                     [--resume] [--quiet | --verbose]
 
 (``--label-key`` is the old name of ``--labels-key``; it still works, with a deprecation message.)
 
@@ -124,6 +124,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--quick", action="store_true", help="~3,000 cells and a few epochs: a smoke test")
     run.add_argument("--max-epochs", type=int, default=None, help="epochs per network (default: package's)")
     run.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    run.add_argument("--preset", default="default",
+                     help="the model's settings (default 'default'; 'mixing': an FE that mixes batches as well "
+                          "as Harmony, several times slower; 'paper': the authors')")
     run.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
     run.add_argument("--resume", action="store_true",
                      help="finish a killed or failed run: reuse the notebooks it completed and its trained model "
@@ -155,6 +158,10 @@ def check_inputs(args) -> dict:
         as_int("--max-epochs", args.max_epochs, minimum=1)
     args.jobs = default_jobs() if args.jobs is None else as_int("--jobs", args.jobs, minimum=1)
     as_int("--seed", args.seed, minimum=0)
+    from .presets import PRESETS
+
+    if args.preset not in PRESETS:
+        raise InputError(f"Unknown --preset {args.preset!r}; choose one of {sorted(PRESETS)}.")
     out = check_out(args, {"input file": (data, args.data)})
     adata = read_h5ad(data, backed="r")
     try:
@@ -230,7 +237,10 @@ def _command(args) -> str:
         parts.append("--quick")
     if args.max_epochs is not None:
         parts += ["--max-epochs", str(args.max_epochs)]
-    parts += ["--seed", str(args.seed), "--jobs", str(args.jobs)]
+    parts += ["--seed", str(args.seed)]
+    if args.preset != "default":
+        parts += ["--preset", args.preset]
+    parts += ["--jobs", str(args.jobs)]
     return shlex.join(parts)
 
 
@@ -503,7 +513,7 @@ def _work_folder(out: str, identity: dict, args) -> str:
 def _run_parameters(args, data: str) -> dict:
     return {"data_path": data, "batch_key": args.batch_key, "labels_key": args.labels_key,
             "condition_key": args.condition_key, "max_epochs": args.max_epochs, "seed": args.seed,
-            "quick": bool(args.quick)}
+            "preset": args.preset, "quick": bool(args.quick)}
 
 
 def run(args) -> int:
@@ -588,7 +598,7 @@ def _report(tmp, executed, status, args, digest, data) -> None:
 
     info = {"input": data, "input sha256": digest, "batch key": args.batch_key, "labels key": args.labels_key,
             "condition key": args.condition_key, "quick": args.quick, "max epochs": args.max_epochs,
-            "seed": args.seed, **versions()}
+            "seed": args.seed, "preset": args.preset, **versions()}
     write_report(executed, os.path.join(tmp, "report"), title="scMEDAL report: " + os.path.basename(data),
                  status=status, info=info, tables=tables)
 

@@ -33,9 +33,10 @@ import tensorflow as tf
 
 from . import __version__
 from .io import atomic_dir, atomic_write
+from .latent_memory import reach_neighbours
 from .networks import NETWORKS, build_network
 from .pp import SPLIT_KEY, invert_minmax, split_masks
-from .presets import ARCHITECTURE, get_preset
+from .presets import ARCHITECTURE, PAPER_FE_DESIGN, get_preset
 from .rows import OneHotRows, ScaledRows, stream_minmax
 from .training import TrainSettings, fit_network, seed_everything, steps_per_epoch, traced_once
 from .validate import (
@@ -48,6 +49,7 @@ from .validate import (
     check_adata,
     check_batches,
     check_choice,
+    check_fe_combination,
     check_obs_key,
     check_setup,
     parse_fe_design,
@@ -247,6 +249,8 @@ class SCMEDAL:
             settings["schedule"]["re_min_steps_per_epoch"] = None      # a batch size the user sets is used as is
         settings["fe_design"].update(parse_fe_design(overrides.get("fe_design")))
         settings["re_design"].update(parse_re_design(overrides.get("re_design")))
+        design = {**PAPER_FE_DESIGN, **settings["fe_design"]}
+        check_fe_combination(design, settings["fec"] if fec else settings["fe"])
         self.adata = adata
         self.batch_key, self.labels_key, self.layer = batch_key, labels_key, layer
         self.var_names = pd.Index(adata.var_names.astype(str))
@@ -454,7 +458,10 @@ class SCMEDAL:
         early_stopping = as_bool("early_stopping", early_stopping)
         if patience is None:
             steps = steps_per_epoch(n_train, batch_size)
-            patience = max(sched["patience"], math.ceil(sched.get("patience_steps", 0) / steps))
+            patience_steps = sched.get("patience_steps", 0)
+            if kind == "fe" and sched.get("fe_patience_steps") is not None:
+                patience_steps = sched["fe_patience_steps"]
+            patience = max(sched["patience"], math.ceil(patience_steps / steps))
         patience = as_int("patience", patience, minimum=1)
         seed = self.seed if seed is None else as_seed("seed", seed)
         epochs = as_int("max_epochs", max_epochs if max_epochs is not None else self.epochs_for(n_train, batch_size),
@@ -482,6 +489,21 @@ class SCMEDAL:
         if getattr(net, "output_init", "paper") == "data":
             net.set_output_moments(*gene_moments(train[0], seed=seed))
 
+    def _fit_memory_designs(self, net, settings: TrainSettings, epoch_steps: int) -> int:
+        """Size the FE designs that depend on the run (book/method.md, "The mixing preset"): the memory
+        (``memory_size`` latents or the training cells, whichever is fewer), the local mixing term's reach
+        (``mix_reach`` times the memory's rows per batch), the learning rate's decay (the run's budget in steps) and the
+        first epoch early stopping counts (``stop_from``). Returns that epoch (1: from the start)."""
+        if getattr(net, "uses_memory", False):
+            net.size_memory(min(int(self.train_mask.sum()), net.memory_size))
+            if net.mix_reach > 0:
+                net.mix_reach_neighbours = reach_neighbours(net.mix_reach, net.memory.size, net.n_batches)
+        if getattr(net, "lr_decay_to", 1.0) < 1:
+            net.lr_decay_steps = settings.max_epochs * epoch_steps
+        if getattr(net, "stop_from", "start") == "warmup_end" and net.mix_warmup_steps > 0:
+            return math.ceil(net.mix_warmup_steps / epoch_steps)
+        return 1
+
     def _train_one(self, kind: str, settings: TrainSettings, *, progress: bool, checkpoint_dir: str | None,
                    strategy, on_epoch_end, jit_compile: bool) -> None:
         seed_everything(settings.seed)
@@ -493,6 +515,7 @@ class SCMEDAL:
                 net.average_every = epoch_steps
             if getattr(net, "w_mix", 0) > 0 and net.mix_warmup > 0:     # a share of this run's budget, in steps
                 net.mix_warmup_steps = round(net.mix_warmup * settings.max_epochs * epoch_steps)
+            count_from = self._fit_memory_designs(net, settings, epoch_steps)
             net.compile(learning_rate=settings.learning_rate)      # builds its optimisers on its weights
         train = self._inputs(kind, self.adata, self.train_mask)
         val = self._inputs(kind, self.adata, self.val_mask)
@@ -507,6 +530,7 @@ class SCMEDAL:
                                         patience=settings.patience, progress=progress, label=kind.upper(),
                                         checkpoint_dir=folder, strategy=strategy, jit_compile=jit_compile,
                                         monitor=net.monitor, min_improvement=net.min_improvement,
+                                        count_from_epoch=count_from,
                                         on_epoch_end=None if on_epoch_end is None else
                                         (lambda epoch, logs: on_epoch_end(kind, epoch, logs)))
         except BaseException:

@@ -23,6 +23,7 @@ import numpy as np
 import tensorflow as tf
 from keras import layers, ops
 
+from .latent_memory import LatentMemory, reach_neighbours
 from .layers import ClusterScaleBias, TiedDenseTranspose
 from .optim import FusedAdam
 from .presets import ARCHITECTURE, PAPER_FE_DESIGN, PAPER_RE_DESIGN
@@ -64,7 +65,20 @@ def _squared_distances(points):
 
 
 def _soft_same_batch_fraction(latent, z, k: int):
-    """Soft, differentiable kNN same-batch fraction of a minibatch's latent, averaged over its cells.
+    """Soft, differentiable kNN same-batch fraction of a minibatch's latent, averaged over its cells
+    (:func:`_soft_same_batch_fractions`, the per-cell values).
+
+    >>> import numpy as np
+    >>> lat = np.array([[0.0], [0.1], [5.0], [5.1]], "float32")
+    >>> same, apart = np.eye(2, dtype="float32")[[0, 0, 1, 1]], np.eye(2, dtype="float32")[[0, 1, 0, 1]]
+    >>> [round(float(_soft_same_batch_fraction(lat, z, k=1)), 2) for z in (same, apart)]
+    [1.0, 0.0]
+    """
+    return ops.mean(_soft_same_batch_fractions(latent, z, k))
+
+
+def _soft_same_batch_fractions(latent, z, k: int):
+    """Soft, differentiable kNN same-batch fraction of each cell of a minibatch's latent.
 
     Each cell weighs the other cells of the minibatch by ``softmax(-d² / d²_k)``, where ``d²_k`` is its squared
     distance to its ``k``-th nearest neighbour (held constant for the gradient), and sums the weights of those
@@ -76,9 +90,8 @@ def _soft_same_batch_fraction(latent, z, k: int):
 
     >>> import numpy as np
     >>> lat = np.array([[0.0], [0.1], [5.0], [5.1]], "float32")
-    >>> same, apart = np.eye(2, dtype="float32")[[0, 0, 1, 1]], np.eye(2, dtype="float32")[[0, 1, 0, 1]]
-    >>> [round(float(_soft_same_batch_fraction(lat, z, k=1)), 2) for z in (same, apart)]
-    [1.0, 0.0]
+    >>> np.asarray(_soft_same_batch_fractions(lat, np.eye(2, dtype="float32")[[0, 0, 1, 0]], k=1)).round(2)
+    array([1., 1., 0., 0.], dtype=float32)
     """
     latent, z = _f32(latent), _f32(z)
     n = ops.shape(latent)[0]
@@ -86,7 +99,7 @@ def _soft_same_batch_fraction(latent, z, k: int):
     k_eff = tf.maximum(1, tf.minimum(k, n - 1))                      # small last minibatches
     kth = ops.stop_gradient(-tf.math.top_k(-d2, k=k_eff).values[:, -1:])
     weights = tf.nn.softmax(-d2 / ops.maximum(kth, 1e-6), axis=1)
-    return ops.mean(ops.sum(weights * ops.matmul(z, ops.transpose(z)), axis=1))
+    return ops.sum(weights * ops.matmul(z, ops.transpose(z)), axis=1)
 
 
 def _batch_means_share(latent, z):
@@ -415,6 +428,35 @@ class FixedEffectsAE(AutoEncoder):
     effect the adversary and the mixing term leave along the latent's widest directions. Logged as
     ``center_loss`` (training only).
 
+    The memory-based designs (all off in the default and the paper; on in the ``"mixing"`` preset; book/method.md,
+    "The mixing preset") keep the latents of the last ``memory_size`` training cells
+    (:class:`~scmedal_lite.latent_memory.LatentMemory`, written after every step, no gradient through it):
+
+    - ``adversary_set``: ``m > 0`` makes the adversary (its updates and the confusion term alike) read the mean
+      of a cell's latent and its ``m`` nearest remembered latents of its own batch instead of the latent alone
+      (needs ``adversary_input="latent"``); 0 [paper] reads the latent.
+    - ``mix_reach``: ``r > 0`` measures the mixing term against each cell's neighbourhood: the term becomes the
+      mean over cells of ``max(0, S_i - c_i)``, where ``S_i`` is the cell's soft same-batch fraction in the
+      minibatch and ``c_i`` the share of its batch among its :attr:`mix_reach_neighbours` nearest remembered
+      latents: ``r`` times the memory's rows per batch (:func:`~scmedal_lite.latent_memory.reach_neighbours`;
+      the memory holds ``min(training cells, memory_size)`` rows, :meth:`size_memory`). With ``r > 1`` a
+      neighbourhood always reaches beyond a batch of average size, so a batch held apart is pushed to mix; a
+      neighbourhood is pushed to hold no more of the cell's batch than the region around it does, not the
+      data's overall frequencies. 0 [paper]: ``S`` alone.
+
+    ``w_cycle`` (0 by default and in the paper; needs ``decoder="random_effects"``) adds ``w_cycle·R``, where ``R``
+    is the counterfactual-consistency term: ``mean_i |h(x_i) - h(x_i + D_i)|²`` over the latent's variance (held
+    constant), ``D_i`` being the change this network's random-effects decoder predicts for cell ``i`` moved from its
+    batch to the batch of the minibatch's previous cell (posterior means, no gradient through ``D``). A latent
+    that does not move when a cell's expression is moved to another batch is what FE promises. It rises with the
+    mixing term's warm-up. Logged as ``cycle_loss`` (training only).
+
+    ``lr_decay_to`` (1 [paper]: a constant learning rate): below 1 the autoencoder's learning rate follows a
+    cosine decay to ``lr_decay_to`` times its start over :attr:`lr_decay_steps` steps (set by
+    :meth:`scmedal_lite.SCMEDAL.train` to the run's budget); the adversary's stays constant. ``stop_from``:
+    ``"start"`` [paper] or ``"warmup_end"``, from when early stopping records a best and counts its patience
+    (:attr:`stop_from_epoch`, set by :meth:`scmedal_lite.SCMEDAL.train`).
+
     ``weight_average`` (0 by default and in the paper; opt-in e.g. 0.99) keeps an exponential moving average of
     the autoencoder's weights over its steps (momentum ``weight_average``) and, every ``average_every`` steps
     (:meth:`scmedal_lite.SCMEDAL.train` sets one epoch), replaces the weights by it (Keras's optimizer EMA). So
@@ -432,6 +474,7 @@ class FixedEffectsAE(AutoEncoder):
     GENERATOR_LOSSES = ("negative_ce", "confusion")
     ADVERSARY_PASSES = ("separate", "shared")
     STOP_ON = ("loss", "recon_loss")
+    STOP_FROM = ("start", "warmup_end")
 
     def __init__(self, n_genes, n_batches, hidden=(512, 132), latent_dim=50, n_labels=None, w_recon=1000.0,
                  w_gen=1.0, w_class=1.0, adversary_hidden=None, *, decoder="tied", adversary_input="all",
@@ -439,7 +482,8 @@ class FixedEffectsAE(AutoEncoder):
                  stop_min_improvement=0.0, mix_warmup=0.0,
                  w_mix=0.0, mix_neighbours=5,
                  w_keep=0.0, w_center=0.0, weight_average=0.0, average_every=None, seed=None, re_kwargs=None,
-                 **kwargs):
+                 adversary_set=0, memory_size=16384, mix_reach=0.0, lr_decay_to=1.0, stop_from="start",
+                 w_cycle=0.0, **kwargs):
         super().__init__(n_genes, hidden, latent_dim, n_labels=n_labels, w_recon=w_recon, w_class=w_class,
                          **kwargs)
         check_choice("decoder", decoder, self.DECODERS)
@@ -447,6 +491,20 @@ class FixedEffectsAE(AutoEncoder):
         check_choice("generator_loss", generator_loss, self.GENERATOR_LOSSES)
         check_choice("adversary_pass", adversary_pass, self.ADVERSARY_PASSES)
         check_choice("stop_on", stop_on, self.STOP_ON)
+        check_choice("stop_from", stop_from, self.STOP_FROM)
+        self.adversary_set, self.memory_size = int(adversary_set), int(memory_size)
+        self.mix_reach, self.w_cycle = float(mix_reach), float(w_cycle)
+        self.lr_decay_to, self.stop_from = float(lr_decay_to), stop_from
+        if self.adversary_set > 0 and adversary_input != "latent":
+            raise ValueError("adversary_set needs adversary_input='latent' (the memory holds latents)")
+        if self.uses_memory and adversary_pass != "shared":
+            raise ValueError("adversary_set and mix_reach need adversary_pass='shared' (the memory is written "
+                             "from the step's one encoder pass)")
+        if self.w_cycle > 0 and decoder != "random_effects":
+            raise ValueError("w_cycle needs decoder='random_effects' (the counterfactual comes from its effects)")
+        self.mix_reach_neighbours = 0      # set before training (SCMEDAL.train) when mix_reach > 0
+        self.lr_decay_steps = 0            # set before compile (SCMEDAL.train) when lr_decay_to < 1
+        self.memory = None                 # a LatentMemory, made by build() when uses_memory
         self.monitor = f"val_{stop_on}"
         self.min_improvement = float(stop_min_improvement)
         self.n_batches, self.w_gen = n_batches, w_gen
@@ -468,6 +526,8 @@ class FixedEffectsAE(AutoEncoder):
         self.w_center = float(w_center)
         if self.w_center > 0:
             self.loss_names = self.loss_names + ("center_loss",)
+        if self.w_cycle > 0:
+            self.loss_names = self.loss_names + ("cycle_loss",)
         if decoder == "random_effects":
             self.decoder = RandomEffectsTiedDecoder(self.encoder, n_genes, n_batches, seed=seed,
                                                     re_kwargs=re_kwargs, name="decoder")
@@ -483,6 +543,16 @@ class FixedEffectsAE(AutoEncoder):
         """True when the decoder carries the batch's random effects (counterfactuals from the FE latent)."""
         return self.decoder_kind == "random_effects"
 
+    @property
+    def uses_memory(self) -> bool:
+        """True when a design reads the memory of recent training latents (``adversary_set``, ``mix_reach``)."""
+        return self.adversary_set > 0 or self.mix_reach > 0
+
+    def size_memory(self, rows: int) -> None:
+        """A new, empty memory of ``rows`` latents (:meth:`scmedal_lite.SCMEDAL.train` gives ``memory_size`` or
+        the training cells, whichever is fewer, so that it never holds stale copies of the same cell)."""
+        self.memory = LatentMemory(int(rows), self.encoder.latent.units, self.n_batches)
+
     def build(self, input_shape=None):
         if self.has_random_effects:
             self.encoder.build((None, self.n_genes))
@@ -493,6 +563,8 @@ class FixedEffectsAE(AutoEncoder):
         else:
             super().build(input_shape)
         width = self.encoder.latent.units
+        if self.uses_memory and self.memory is None:
+            self.size_memory(self.memory_size)
         if self.adversary_input == "all":
             width += sum(d.units for d in self.encoder.dense)
         self.adversary.build((None, width))
@@ -508,12 +580,22 @@ class FixedEffectsAE(AutoEncoder):
             if not self.average_every:
                 raise ValueError("weight_average needs average_every (steps between the writes of the average "
                                  "into the weights; SCMEDAL.train sets one epoch)")
-            optimizer = FusedAdam(learning_rate, use_ema=True, ema_momentum=self.weight_average,
+            optimizer = FusedAdam(self._ae_learning_rate(learning_rate), use_ema=True, ema_momentum=self.weight_average,
                                   ema_overwrite_frequency=int(self.average_every))
         elif optimizer is None:
-            optimizer = FusedAdam(learning_rate)
+            optimizer = FusedAdam(self._ae_learning_rate(learning_rate))
         self.adv_optimizer = adv_optimizer if adv_optimizer is not None else FusedAdam(learning_rate)
         super().compile(optimizer, learning_rate=learning_rate, **kwargs)
+
+    def _ae_learning_rate(self, learning_rate):
+        """``learning_rate``, or its cosine decay to ``lr_decay_to`` times it over :attr:`lr_decay_steps`."""
+        if self.lr_decay_to >= 1:
+            return learning_rate
+        if self.lr_decay_steps <= 0:
+            raise ValueError("lr_decay_to < 1 needs lr_decay_steps (the steps of the decay; SCMEDAL.train sets "
+                             "the run's budget)")
+        return keras.optimizers.schedules.CosineDecay(learning_rate, int(self.lr_decay_steps),
+                                                      alpha=self.lr_decay_to)
 
     def _build_optimizers(self):
         self.adv_optimizer.build(self.adversary.trainable_variables)
@@ -543,21 +625,27 @@ class FixedEffectsAE(AutoEncoder):
     def _generator(self, z, z_pred):
         return _confusion(z_pred) if self.generator_loss == "confusion" else -_cce(z, z_pred)
 
-    def loss_terms(self, inputs, training, acts=None):
-        """The loss terms of a minibatch; ``acts``: the encoder's activations of ``inputs[0]`` if already run."""
+    def loss_terms(self, inputs, training, acts=None, near=None):
+        """The loss terms of a minibatch; ``acts``: the encoder's activations of ``inputs[0]`` if already run;
+        ``near``: the memory's distances of their latents (:meth:`LatentMemory.distances`) if already computed."""
         x, z = inputs[0], inputs[1]
         acts = self.encoder(x, training=training) if acts is None else acts
+        if self.uses_memory and near is None:
+            near = self.memory.distances(ops.stop_gradient(_f32(acts[-1])))
         recon = _mse(x, self.decode(acts[-1], z, training))
-        z_pred = self.adversary(self._adversary_features(acts), training=False)
+        z_pred = self.adversary(self._adversary_view(self._adversary_features(acts), z, near), training=False)
         out = {"recon_loss": recon, "adv_loss": _cce(z, z_pred), "adv_acc": _accuracy(z, z_pred)}
         total = self.w_recon * recon + self.w_gen * self._generator(z, z_pred)
         if self.has_random_effects:
             out["kl"] = _mean_of(list(self.decoder.losses)) if training else ops.zeros((), "float32")
             total = total + out["kl"]
         if self.w_mix > 0:
-            out["mix_loss"] = (_soft_same_batch_fraction(acts[-1], z, self.mix_neighbours) if training
-                               else ops.zeros((), "float32"))
+            out["mix_loss"] = (self._mixing(acts[-1], z, near) if training else ops.zeros((), "float32"))
             total = total + self._mix_weight(training) * out["mix_loss"]
+        if self.w_cycle > 0:
+            out["cycle_loss"] = (self._cycle(x, acts[-1], z) if training else ops.zeros((), "float32"))
+            ramp = self._mix_weight(training) / self.w_mix if self.w_mix > 0 else 1.0
+            total = total + self.w_cycle * ramp * out["cycle_loss"]
         if self.w_keep > 0:
             out["keep_loss"] = (_neighbour_keeping_loss(self._keep_space(x), acts[-1], z, self.mix_neighbours)
                                 if training else ops.zeros((), "float32"))
@@ -572,6 +660,35 @@ class FixedEffectsAE(AutoEncoder):
             total = total + self.w_class * out["class_loss"]
         out["loss"] = total
         return out
+
+    def _adversary_view(self, features, z, near):
+        """What the adversary reads: ``features``, or with ``adversary_set`` their set-level mean
+        (:meth:`LatentMemory.same_batch_mean`)."""
+        if self.adversary_set <= 0:
+            return features
+        return self.memory.same_batch_mean(_f32(features), _f32(z), near, self.adversary_set)
+
+    def _mixing(self, latent, z, near):
+        """The mixing term: the soft same-batch fraction, or with ``mix_reach`` its excess over each cell's
+        neighbourhood's share of the cell's batch."""
+        if self.mix_reach <= 0:
+            return _soft_same_batch_fraction(latent, z, self.mix_neighbours)
+        k = self.mix_reach_neighbours or reach_neighbours(self.mix_reach, self.memory.size, self.n_batches)
+        local_share = ops.sum(self.memory.composition(near, k) * _f32(z), axis=1)
+        return ops.mean(ops.relu(_soft_same_batch_fractions(latent, z, self.mix_neighbours) - local_share))
+
+    def _cycle(self, x, latent, z):
+        """The counterfactual-consistency term (see the class docstring): the latent's squared move when the
+        cell's expression is moved to the previous cell's batch, over the latent's variance."""
+        h, zf = _f32(latent), _f32(z)
+        fixed = ops.stop_gradient(h)
+        other = tf.roll(zf, shift=1, axis=0)          # another cell's batch: the batches' frequencies kept
+        shift = ops.stop_gradient(_f32(self.decode(fixed, other, training=False))
+                                  - _f32(self.decode(fixed, zf, training=False)))
+        moved = _f32(self.encoder(_f32(x) + shift, training=True)[-1])
+        spread = ops.stop_gradient(ops.mean(ops.sum(ops.square(fixed - ops.mean(fixed, axis=0, keepdims=True)),
+                                                    axis=1))) + 1e-6
+        return ops.mean(ops.sum(ops.square(h - moved), axis=1)) / spread
 
     def _mix_weight(self, training):
         """``w_mix``, scaled by ``min(1, steps taken / mix_warmup_steps)`` while training when a warm-up is set."""
@@ -629,13 +746,19 @@ class FixedEffectsAE(AutoEncoder):
         if self.adversary_pass == "separate":
             self.adversary_step(inputs[0], inputs[1])
         with tf.GradientTape() as tape:
+            near = None
             if self.adversary_pass == "shared":
                 acts = self.encoder(inputs[0], training=True)
+                if self.uses_memory:
+                    near = self.memory.distances(ops.stop_gradient(_f32(acts[-1])))
                 with tape.stop_recording():
-                    self.adversary_step(inputs[0], inputs[1], features=self._adversary_features(acts))
-            out = self.loss_terms(inputs, True, acts=acts)
+                    self.adversary_step(inputs[0], inputs[1], features=self._adversary_view(
+                        self._adversary_features(acts), inputs[1], near))
+            out = self.loss_terms(inputs, True, acts=acts, near=near)
             scaled = out["loss"] * self.grad_scale
         self.optimizer.apply_gradients(zip(tape.gradient(scaled, weights), weights))
+        if self.uses_memory:
+            self.memory.remember(acts[-1], inputs[1])
         return self._record(inputs, out)
 
 

@@ -332,7 +332,8 @@ def fit_network(net: keras.Model, train: Sequence, val: Sequence, *, epochs: int
                 seed: int = 0, early_stopping: bool = True, patience: int = 30, progress: bool = True,
                 label: str = "", checkpoint_dir: str | None = None, jit_compile: bool = False,
                 eval_batch_size: int = 2048, strategy=None, on_epoch_end=None,
-                monitor: str = "val_loss", min_improvement: float = 0.0) -> tuple[pd.DataFrame, int]:
+                monitor: str = "val_loss", min_improvement: float = 0.0,
+                count_from_epoch: int = 1) -> tuple[pd.DataFrame, int]:
     """Train a compiled scmedal_lite network; returns (per-epoch history, best epoch).
 
     With ``strategy`` (a ``tf.distribute`` strategy whose scope built and compiled ``net``), every minibatch
@@ -344,7 +345,8 @@ def fit_network(net: keras.Model, train: Sequence, val: Sequence, *, epochs: int
     Epoch ``e`` shuffles with ``np.random.default_rng([seed, e])``. With ``early_stopping`` the best weights
     by ``monitor`` (a validation log, e.g. ``val_recon_loss``) are restored at the end; otherwise the final
     weights are kept. ``min_improvement``: the fraction by which a value must beat the last one that counted
-    to reset the patience (:class:`EarlyStopper`). Validation runs in chunks
+    to reset the patience (:class:`EarlyStopper`); before epoch ``count_from_epoch`` early stopping neither
+    records a best nor counts its patience (the weights kept are from that epoch on). Validation runs in chunks
     of ``eval_batch_size`` cells: with training minibatches, these chunks (not the number of cells) set the
     working memory (8,192-cell chunks took about 300 MB more than 2,048-cell ones; benchmarks/scaling.py).
     """
@@ -363,7 +365,7 @@ def fit_network(net: keras.Model, train: Sequence, val: Sequence, *, epochs: int
             order = np.random.default_rng([seed, epoch]).permutation(_n_rows(train))
             logs = _epoch(net, steps, train, val, order, batch_size, eval_batch_size)
             history.append(logs)
-            stop = stopper.update(epoch, logs, net)
+            stop = stopper.update(epoch, logs, net) if epoch >= count_from_epoch else False
             if ckpt:
                 ckpt.save(epoch, history, stopper)
             if bar is not None:

@@ -19,7 +19,7 @@ runs in well under two minutes.
 
 The model is shared between notebooks through ``model_dir``: it is saved under
 ``model_dir/scmedal-<fingerprint>``, where the fingerprint covers the data (expression, cells, batches,
-labels, split), the keys, ``max_epochs``, ``seed``, ``quick`` and the package version. A notebook that finds
+labels, split), the keys, ``max_epochs``, ``seed``, ``quick``, ``preset`` and the package version. A notebook that finds
 a model with its fingerprint loads it; otherwise it trains one and saves it there.
 """
 
@@ -98,19 +98,27 @@ class Params:
     quick: bool = False
     output_dir: str = DEFAULT_OUTPUT_DIR
     model_dir: str | None = None
+    preset: str = "default"
     notebook: str = "notebook"
 
     @classmethod
     def parse(cls, *, data_path=None, batch_key="sample_id", labels_key="celltype_coarse",
               condition_key="cond_group", max_epochs=None, seed=0, quick=None, output_dir=None,
-              model_dir=None, notebook="notebook") -> Params:
+              model_dir=None, preset="default", notebook="notebook") -> Params:
         """Turn raw parameter values (possibly strings) into :class:`Params`; raises :class:`InputError`.
 
         ``None`` (or ``"None"``, ``""``) means "not given": ``data_path``, ``max_epochs``, ``quick``,
         ``output_dir`` and ``model_dir`` then take their environment variable (:data:`ENVIRONMENT`) if it is
         set, else their default: the bundled data, the package's epochs, no quick mode, ``outputs``, and
-        ``<output_dir>/model``.
+        ``<output_dir>/model``. ``preset`` names the model's preset (:data:`scmedal_lite.presets.PRESETS`;
+        ``None``: ``"default"``), e.g. ``"mixing"`` for the FE that mixes batches as well as Harmony at several
+        times the cost, or ``"paper"`` for the authors' settings.
         """
+        from .presets import PRESETS
+
+        preset = _optional(preset) or "default"
+        if preset not in PRESETS:
+            raise InputError(f"Unknown preset {preset!r}; choose one of {sorted(PRESETS)}.")
         data_path = _given("data_path", data_path)
         if data_path is not None:
             data_path = os.path.abspath(os.path.expanduser(str(data_path)))
@@ -130,7 +138,7 @@ class Params:
             max_epochs=None if max_epochs is None else as_int("max_epochs", max_epochs, minimum=1),
             seed=as_int("seed", seed, minimum=0), quick=False if quick is None else as_bool("quick", quick),
             output_dir=output_dir, model_dir=os.path.abspath(os.path.expanduser(str(model_dir))),
-            notebook=str(notebook))
+            preset=str(preset), notebook=str(notebook))
 
     @property
     def epochs(self) -> int | None:
@@ -273,7 +281,7 @@ def summary(adata: AnnData, p: Params) -> pd.DataFrame:
 # ---------------------------------------------------------------------------------------------- model
 
 def fingerprint(adata: AnnData, p: Params, which=SHARED_NETWORKS) -> str:
-    """A short hash of everything a trained model depends on (data, keys, split, epochs, seed, quick)."""
+    """A short hash of everything a trained model depends on (data, keys, split, epochs, seed, quick, preset)."""
     h = hashlib.sha256()
     X = adata.X
     if sparse.issparse(X):
@@ -286,8 +294,10 @@ def fingerprint(adata: AnnData, p: Params, which=SHARED_NETWORKS) -> str:
                    adata.obs[SPLIT_KEY]):
         h.update("\x1f".join(map(str, values)).encode())
     # the key names of 0.1.0 ("label_key"), so that shared models saved then keep their fingerprint
+    # the preset only when it is not the default, so that shared models saved before it keep their fingerprint
     h.update(json.dumps({"batch_key": p.batch_key, "label_key": p.labels_key, "epochs": p.epochs,
-                         "seed": p.seed, "quick": p.quick, "which": list(which), "version": __version__},
+                         "seed": p.seed, "quick": p.quick, "which": list(which), "version": __version__,
+                         **({"preset": p.preset} if p.preset != "default" else {})},
                         sort_keys=True).encode())
     return h.hexdigest()[:16]
 
@@ -337,7 +347,7 @@ def get_model(adata: AnnData, p: Params, *, which=SHARED_NETWORKS, verbose: bool
     if model is not None:
         return model
     start = time.perf_counter()
-    model = SCMEDAL(adata, p.batch_key, p.labels_key, seed=p.seed)
+    model = SCMEDAL(adata, p.batch_key, p.labels_key, preset=p.preset, seed=p.seed)
     model.train(p.epochs, which=tuple(which), seed=p.seed, progress=False)
     if verbose:
         print(f"Trained {', '.join(k.upper() for k in which)} in {time.perf_counter() - start:.0f} s")

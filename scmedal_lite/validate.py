@@ -337,7 +337,7 @@ def as_int_list(name: str, value, *, minimum: int | None = 1) -> list[int]:
 SCHEDULE_TYPES = {"learning_rate": "float>0", "batch_size": "int>=1", "max_epochs": "int>=1|None",
                   "max_steps": "int>=1|None", "min_epochs": "int>=1", "patience": "int>=1",
                   "patience_steps": "int>=0", "re_min_steps_per_epoch": "int>=1|None",
-                  "small_data_w_keep": "float>=0|None"}
+                  "small_data_w_keep": "float>=0|None", "fe_patience_steps": "int>=0|None"}
 
 
 def parse_settings(part: str, values, defaults: dict) -> dict:
@@ -376,19 +376,22 @@ _FE_DESIGN_FRACTIONS = {
                   "first step",
     "weight_average": "a moving average's momentum, e.g. 0.99; 0 turns it off",
 }
+#: The FE design settings that take an integer, and their smallest value.
+_FE_DESIGN_INTEGERS = {"adversary_steps": 1, "mix_neighbours": 1, "adversary_set": 0, "memory_size": 1}
 
 
 def parse_fe_design(values) -> dict:
     """Check user overrides of the FE network's design (``decoder``, ``adversary_input``, ``generator_loss``,
-    ``adversary_pass``, ``stop_on``: one of their choices; ``adversary_steps``, ``mix_neighbours``: an integer >= 1;
-    ``weight_average``: a momentum in [0, 1), 0 for off; ``stop_min_improvement``, ``mix_warmup``: a fraction in
-    [0, 1)).
-    Values may be strings."""
+    ``adversary_pass``, ``stop_on``, ``stop_from``: one of their choices; ``adversary_steps``, ``mix_neighbours``,
+    ``memory_size``: an integer >= 1; ``adversary_set``: an integer >= 0; ``mix_reach``: a number >= 0, 0 for
+    off; ``weight_average``: a momentum in [0, 1), 0 for off; ``stop_min_improvement``, ``mix_warmup``: a
+    fraction in [0, 1);
+    ``lr_decay_to``: a fraction in [0, 1]). Values may be strings."""
     from .presets import FE_DESIGN_CHOICES
 
     if values is None:
         return {}
-    allowed = [*FE_DESIGN_CHOICES, "adversary_steps", "mix_neighbours", *_FE_DESIGN_FRACTIONS]
+    allowed = [*FE_DESIGN_CHOICES, *_FE_DESIGN_INTEGERS, *_FE_DESIGN_FRACTIONS, "lr_decay_to", "mix_reach"]
     if not isinstance(values, dict):
         raise InputError(f"fe_design must be a dict with some of {allowed}; got {type(values).__name__}.")
     unknown = sorted(set(values) - set(allowed))
@@ -396,8 +399,15 @@ def parse_fe_design(values) -> dict:
         raise InputError(f"Unknown fe_design settings {unknown}; valid: {allowed}.")
     out = {}
     for key, value in values.items():
-        if key in ("adversary_steps", "mix_neighbours"):
-            out[key] = as_int(f"fe_design[{key!r}]", value, minimum=1)
+        if key in _FE_DESIGN_INTEGERS:
+            out[key] = as_int(f"fe_design[{key!r}]", value, minimum=_FE_DESIGN_INTEGERS[key])
+        elif key == "mix_reach":
+            out[key] = as_float(f"fe_design[{key!r}]", value, minimum=0.0)
+        elif key == "lr_decay_to":
+            out[key] = as_float(f"fe_design[{key!r}]", value, minimum=0.0)
+            if out[key] > 1:
+                raise InputError(f"fe_design['lr_decay_to'] is the learning rate's final share, at most 1 "
+                                 f"(1: no decay; e.g. 0.05 ends at 5 %); got {value!r}.")
         elif key in _FE_DESIGN_FRACTIONS:
             out[key] = as_float(f"fe_design[{key!r}]", value, minimum=0.0)
             if out[key] >= 1:
@@ -407,6 +417,22 @@ def parse_fe_design(values) -> dict:
             check_choice(f"fe_design[{key!r}]", value, FE_DESIGN_CHOICES[key])
             out[key] = value
     return out
+
+
+def check_fe_combination(design: dict, weights: dict) -> None:
+    """Refuse FE designs and weights that cannot work together (:class:`scmedal_lite.networks.FixedEffectsAE`),
+    naming the setting to change: ``design`` is a full ``fe_design``, ``weights`` the ``fe`` (or ``fec``) weights."""
+    if design.get("adversary_set", 0) > 0 and design.get("adversary_input") != "latent":
+        raise InputError("fe_design['adversary_set'] needs fe_design['adversary_input'] = 'latent' (the memory "
+                         "holds latents); set it, or adversary_set = 0.")
+    if ((design.get("adversary_set", 0) > 0 or design.get("mix_reach", 0) > 0)
+            and design.get("adversary_pass") != "shared"):
+        raise InputError("fe_design['adversary_set'] and ['mix_reach'] need fe_design['adversary_pass'] = "
+                         "'shared' (the memory is written from the step's one encoder pass); set it, or turn "
+                         "them off (0).")
+    if weights.get("w_cycle", 0) > 0 and design.get("decoder") != "random_effects":
+        raise InputError("w_cycle needs fe_design['decoder'] = 'random_effects' (the counterfactual comes from "
+                         "its random effects); set it, or w_cycle = 0.")
 
 
 def parse_re_design(values) -> dict:

@@ -106,6 +106,12 @@ def test_bad_input_exit_2(data, tmp_path, capsys, change, message):
     assert not (tmp_path / "out").exists()
 
 
+def test_unknown_preset_exits_2_and_names_the_presets(data, tmp_path, capsys):
+    assert cli.main(args(data, tmp_path / "out", "--preset", "mixed")) == cli.EXIT_BAD_INPUT
+    err = capsys.readouterr().err.strip()
+    assert "Unknown --preset 'mixed'" in err and "'mixing'" in err and not (tmp_path / "out").exists()
+
+
 def test_old_label_key_flag_still_works_with_a_deprecation_message(data, tmp_path, capsys):
     argv = args(data, tmp_path / "out")
     argv[4] = "--label-key"                                   # the old name of --labels-key

@@ -58,7 +58,7 @@ def test_notebook_structure(path):
     tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     assert len(tagged) == 1, "exactly one cell tagged 'parameters'"
     params = tagged[0].source
-    for name in ("data_path", "batch_key", "labels_key", "condition_key", "max_epochs", "seed", "quick",
+    for name in ("data_path", "batch_key", "labels_key", "condition_key", "max_epochs", "seed", "preset", "quick",
                  "output_dir", "model_dir"):
         assert f"\n{name} = " in "\n" + params, f"parameter {name} missing"
     for statement in ast.parse(params).body:          # plain values only: the environment is Params.parse's job
@@ -104,6 +104,10 @@ def test_params_parse_strings(tmp_path):
         tutorial.Params.parse(quick="maybe")
     with pytest.raises(InputError, match="batch_key"):
         tutorial.Params.parse(batch_key="")
+    assert tutorial.Params.parse(preset="None").preset == "default"
+    assert tutorial.Params.parse(preset="mixing").preset == "mixing"
+    with pytest.raises(InputError, match="Unknown preset 'mixed'.*'mixing'"):
+        tutorial.Params.parse(preset="mixed")
 
 
 def test_params_fall_back_to_the_environment_only_when_not_given(tmp_path, monkeypatch):
@@ -160,6 +164,7 @@ def test_load_data_checks_keys(tmp_path):
     fp = tutorial.fingerprint(adata, p)
     assert fp == tutorial.fingerprint(adata, p)
     assert fp != tutorial.fingerprint(adata, tutorial.Params.parse(**{**vars(p), "seed": 1}))
+    assert fp != tutorial.fingerprint(adata, tutorial.Params.parse(**{**vars(p), "preset": "mixing"}))
 
 
 # -------------------------------------------------------------------------------------------- execution

@@ -33,7 +33,6 @@ import tensorflow as tf
 
 from . import __version__
 from .io import atomic_dir, atomic_write
-from .latent_memory import reach_neighbours
 from .networks import NETWORKS, build_network
 from .pp import SPLIT_KEY, invert_minmax, split_masks
 from .presets import ARCHITECTURE, PAPER_FE_DESIGN, get_preset
@@ -491,13 +490,11 @@ class SCMEDAL:
 
     def _fit_memory_designs(self, net, settings: TrainSettings, epoch_steps: int) -> int:
         """Size the FE designs that depend on the run (book/method.md, "The mixing preset"): the memory
-        (``memory_size`` latents or the training cells, whichever is fewer), the local mixing term's reach
-        (``mix_reach`` times the memory's rows per batch), the learning rate's decay (the run's budget in steps) and the
-        first epoch early stopping counts (``stop_from``). Returns that epoch (1: from the start)."""
+        (``memory_size`` latents or the training cells, whichever is fewer, with the local mixing term's reach
+        in it), the learning rate's decay (the run's budget in steps) and the first epoch early stopping counts
+        (``stop_from``). Returns that epoch (1: from the start)."""
         if getattr(net, "uses_memory", False):
             net.size_memory(min(int(self.train_mask.sum()), net.memory_size))
-            if net.mix_reach > 0:
-                net.mix_reach_neighbours = reach_neighbours(net.mix_reach, net.memory.size, net.n_batches)
         if getattr(net, "lr_decay_to", 1.0) < 1:
             net.lr_decay_steps = settings.max_epochs * epoch_steps
         if getattr(net, "stop_from", "start") == "warmup_end" and net.mix_warmup_steps > 0:

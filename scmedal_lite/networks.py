@@ -27,7 +27,7 @@ from .latent_memory import LatentMemory, reach_neighbours
 from .layers import ClusterScaleBias, TiedDenseTranspose
 from .optim import FusedAdam
 from .presets import ARCHITECTURE, PAPER_FE_DESIGN, PAPER_RE_DESIGN
-from .validate import check_choice
+from .validate import check_choice, check_fe_combination
 
 #: Learning rate of the optimisers ``compile`` creates when none is given (the paper's Adam 1e-4).
 DEFAULT_LEARNING_RATE = 1e-4
@@ -438,8 +438,8 @@ class FixedEffectsAE(AutoEncoder):
     - ``mix_reach``: ``r > 0`` measures the mixing term against each cell's neighbourhood: the term becomes the
       mean over cells of ``max(0, S_i - c_i)``, where ``S_i`` is the cell's soft same-batch fraction in the
       minibatch and ``c_i`` the share of its batch among its :attr:`mix_reach_neighbours` nearest remembered
-      latents: ``r`` times the memory's rows per batch (:func:`~scmedal_lite.latent_memory.reach_neighbours`;
-      the memory holds ``min(training cells, memory_size)`` rows, :meth:`size_memory`). With ``r > 1`` a
+      latents: ``r`` times the memory's rows per batch (:meth:`size_memory`; the memory holds
+      ``min(training cells, memory_size)`` rows). With ``r > 1`` a
       neighbourhood always reaches beyond a batch of average size, so a batch held apart is pushed to mix; a
       neighbourhood is pushed to hold no more of the cell's batch than the region around it does, not the
       data's overall frequencies. 0 [paper]: ``S`` alone.
@@ -455,7 +455,8 @@ class FixedEffectsAE(AutoEncoder):
     cosine decay to ``lr_decay_to`` times its start over :attr:`lr_decay_steps` steps (set by
     :meth:`scmedal_lite.SCMEDAL.train` to the run's budget); the adversary's stays constant. ``stop_from``:
     ``"start"`` [paper] or ``"warmup_end"``, from when early stopping records a best and counts its patience
-    (:attr:`stop_from_epoch`, set by :meth:`scmedal_lite.SCMEDAL.train`).
+    (:meth:`scmedal_lite.SCMEDAL.train` turns the warm-up's end into an epoch for
+    :func:`scmedal_lite.training.fit_network`).
 
     ``weight_average`` (0 by default and in the paper; opt-in e.g. 0.99) keeps an exponential moving average of
     the autoencoder's weights over its steps (momentum ``weight_average``) and, every ``average_every`` steps
@@ -495,16 +496,12 @@ class FixedEffectsAE(AutoEncoder):
         self.adversary_set, self.memory_size = int(adversary_set), int(memory_size)
         self.mix_reach, self.w_cycle = float(mix_reach), float(w_cycle)
         self.lr_decay_to, self.stop_from = float(lr_decay_to), stop_from
-        if self.adversary_set > 0 and adversary_input != "latent":
-            raise ValueError("adversary_set needs adversary_input='latent' (the memory holds latents)")
-        if self.uses_memory and adversary_pass != "shared":
-            raise ValueError("adversary_set and mix_reach need adversary_pass='shared' (the memory is written "
-                             "from the step's one encoder pass)")
-        if self.w_cycle > 0 and decoder != "random_effects":
-            raise ValueError("w_cycle needs decoder='random_effects' (the counterfactual comes from its effects)")
-        self.mix_reach_neighbours = 0      # set before training (SCMEDAL.train) when mix_reach > 0
+        check_fe_combination({"adversary_set": self.adversary_set, "mix_reach": self.mix_reach,
+                              "adversary_input": adversary_input, "adversary_pass": adversary_pass,
+                              "decoder": decoder}, {"w_cycle": self.w_cycle})
+        self.memory = None                 # a LatentMemory, made by size_memory() when uses_memory
+        self.mix_reach_neighbours = 0      # set with the memory (size_memory) when mix_reach > 0
         self.lr_decay_steps = 0            # set before compile (SCMEDAL.train) when lr_decay_to < 1
-        self.memory = None                 # a LatentMemory, made by build() when uses_memory
         self.monitor = f"val_{stop_on}"
         self.min_improvement = float(stop_min_improvement)
         self.n_batches, self.w_gen = n_batches, w_gen
@@ -549,9 +546,13 @@ class FixedEffectsAE(AutoEncoder):
         return self.adversary_set > 0 or self.mix_reach > 0
 
     def size_memory(self, rows: int) -> None:
-        """A new, empty memory of ``rows`` latents (:meth:`scmedal_lite.SCMEDAL.train` gives ``memory_size`` or
-        the training cells, whichever is fewer, so that it never holds stale copies of the same cell)."""
+        """A new, empty memory of ``rows`` latents, and the local mixing term's reach in it
+        (:func:`~scmedal_lite.latent_memory.reach_neighbours`). :meth:`build` makes one of ``memory_size`` rows;
+        :meth:`scmedal_lite.SCMEDAL.train` makes it ``memory_size`` or the training cells, whichever is fewer,
+        so that it never holds stale copies of the same cell."""
         self.memory = LatentMemory(int(rows), self.encoder.latent.units, self.n_batches)
+        if self.mix_reach > 0:
+            self.mix_reach_neighbours = reach_neighbours(self.mix_reach, self.memory.size, self.n_batches)
 
     def build(self, input_shape=None):
         if self.has_random_effects:
@@ -673,8 +674,7 @@ class FixedEffectsAE(AutoEncoder):
         neighbourhood's share of the cell's batch."""
         if self.mix_reach <= 0:
             return _soft_same_batch_fraction(latent, z, self.mix_neighbours)
-        k = self.mix_reach_neighbours or reach_neighbours(self.mix_reach, self.memory.size, self.n_batches)
-        local_share = ops.sum(self.memory.composition(near, k) * _f32(z), axis=1)
+        local_share = ops.sum(self.memory.composition(near, self.mix_reach_neighbours) * _f32(z), axis=1)
         return ops.mean(ops.relu(_soft_same_batch_fractions(latent, z, self.mix_neighbours) - local_share))
 
     def _cycle(self, x, latent, z):

@@ -385,8 +385,7 @@ def parse_fe_design(values) -> dict:
     ``adversary_pass``, ``stop_on``, ``stop_from``: one of their choices; ``adversary_steps``, ``mix_neighbours``,
     ``memory_size``: an integer >= 1; ``adversary_set``: an integer >= 0; ``mix_reach``: a number >= 0, 0 for
     off; ``weight_average``: a momentum in [0, 1), 0 for off; ``stop_min_improvement``, ``mix_warmup``: a
-    fraction in [0, 1);
-    ``lr_decay_to``: a fraction in [0, 1]). Values may be strings."""
+    fraction in [0, 1); ``lr_decay_to``: a fraction in [0, 1]). Values may be strings."""
     from .presets import FE_DESIGN_CHOICES
 
     if values is None:

@@ -14,7 +14,9 @@ questions about a minibatch's cells (book/method.md, "The mixing preset"):
   around it, not the data's overall batch frequencies (which cell types held in different proportions by the
   batches cannot reach).
 
-It is training state only: not a weight of the network, not saved, and not read by :meth:`encode`.
+It is training state only: not a weight of the network, not saved with the model, and not read by
+:meth:`encode`; training checkpoints hold it (:class:`scmedal_lite.training.Checkpointer`), so a resumed run
+is bitwise identical to an unbroken one.
 
 Example
 -------
@@ -52,7 +54,8 @@ class LatentMemory:
     ``n_batches``). Empty rows (before ``size`` cells were written) are never chosen as neighbours.
 
     Its variables are TensorFlow variables held outside Keras's tracking, so they are not among the network's
-    weights (early stopping's restore, saving and :meth:`scmedal_lite.SCMEDAL.add_batches` ignore them).
+    weights (early stopping's restore, saving and :meth:`scmedal_lite.SCMEDAL.add_batches` ignore them; the
+    training checkpoints save them).
     """
 
     def __init__(self, size: int, width: int, n_batches: int):

@@ -84,7 +84,9 @@ def _n_rows(arrays):
 
 class Checkpointer:
     """Saves everything needed to resume after every epoch: weights (with random-generator states), optimiser
-    state, history and early-stopping state. Each file is written atomically; ``state.json`` last."""
+    state, history, early-stopping state and the FE network's memory of training latents (when it has one:
+    :class:`~scmedal_lite.latent_memory.LatentMemory`, training state that is not a weight). Each file is
+    written atomically; ``state.json`` last."""
 
     def __init__(self, folder: str, net: keras.Model):
         self.folder, self.net = folder, net
@@ -98,6 +100,11 @@ class Checkpointer:
         weights = {id(w) for w in self.net.weights}
         return [v for v in self.net.variables if id(v) not in weights]
 
+    def _memory_variables(self):
+        """The memory's variables (latents, batches, write position), or none without a memory."""
+        memory = getattr(self.net, "memory", None)
+        return [] if memory is None else [memory.latents, memory.batches, memory.pointer]
+
     def save(self, epoch: int, history: list[dict], stopper: EarlyStopper) -> None:
         # Files are named by epoch and state.json (written last) names them: a run killed between two writes
         # leaves state.json pointing at the previous epoch's complete pair, never at a mix of two epochs.
@@ -109,6 +116,7 @@ class Checkpointer:
         if stopper.best_weights is not None:
             arrays.update({f"best_{j}": w for j, w in enumerate(stopper.best_weights)})
         arrays.update({f"rng_{j}": keras.ops.convert_to_numpy(v) for j, v in enumerate(self._rng_states())})
+        arrays.update({f"memory_{j}": v.numpy() for j, v in enumerate(self._memory_variables())})
         write_npz(self._path(arrays_file), **arrays)
         write_json(self._path("state.json"), {"epochs_done": epoch, "history": history, "best": stopper.best,
                                               "best_epoch": stopper.best_epoch, "wait": stopper.wait,
@@ -134,6 +142,9 @@ class Checkpointer:
         for j, var in enumerate(self._rng_states()):
             if f"rng_{j}" in saved:
                 var.assign(saved[f"rng_{j}"])
+        for j, var in enumerate(self._memory_variables()):
+            if f"memory_{j}" in saved and saved[f"memory_{j}"].shape == tuple(var.shape):
+                var.assign(saved[f"memory_{j}"])
         stopper.best, stopper.best_epoch, stopper.wait = state["best"], state["best_epoch"], state["wait"]
         stopper.counted = state.get("counted", stopper.best)
         best = [saved[f"best_{j}"] for j in range(len(self.net.weights)) if f"best_{j}" in saved]

@@ -8,11 +8,13 @@ questions about a minibatch's cells (book/method.md, "The mixing preset"):
 - :meth:`LatentMemory.same_batch_mean`: the mean of a cell's latent and those of its ``m`` nearest remembered
   latents *of its own batch*, which the set-level adversary reads (``fe_design["adversary_set"]``): a batch
   that shifts a whole neighbourhood is easier to name from a set than from one noisy cell;
-- :meth:`LatentMemory.composition`: the batch make-up of a cell's ``k`` nearest remembered latents of any
-  batch, against which the local mixing term measures a cell's neighbours (``fe_design["mix_reach"]``,
+- :meth:`LatentMemory.batch_share`: the share of a cell's own batch among its ``k`` nearest remembered latents
+  of any batch, against which the local mixing term measures a cell's neighbours (``fe_design["mix_reach"]``,
   :func:`reach_neighbours`): a neighbourhood is pushed to hold no more of a cell's batch than the wider region
   around it, not the data's overall batch frequencies (which cell types held in different proportions by the
   batches cannot reach).
+
+Both read a :meth:`LatentMemory.look_up` of the minibatch, computed once per training step.
 
 It is training state only: not a weight of the network, not saved with the model, and not read by
 :meth:`encode`; training checkpoints hold it (:class:`scmedal_lite.training.Checkpointer`), so a resumed run
@@ -23,9 +25,9 @@ Example
 >>> import numpy as np
 >>> memory = LatentMemory(size=4, width=2, n_batches=2)
 >>> memory.remember(np.array([[0, 0], [0, 1], [5, 5]], "float32"), np.eye(2, dtype="float32")[[0, 1, 1]])
->>> near = memory.distances(np.array([[0, 0.2]], "float32"))
->>> np.asarray(memory.composition(near, k=2)).round(2).tolist()      # its 2 nearest: one of each batch
-[[0.5, 0.5]]
+>>> near = memory.look_up(np.array([[0, 0.2]], "float32"), np.eye(2, dtype="float32")[[0]])
+>>> np.asarray(memory.batch_share(near, k=2)).round(2).tolist()      # its 2 nearest: one of each batch
+[0.5]
 """
 
 from __future__ import annotations
@@ -64,33 +66,35 @@ class LatentMemory:
         self.batches = tf.Variable(tf.zeros((self.size, n_batches)), trainable=False, name="memory_batches")
         self.pointer = tf.Variable(0, trainable=False, name="memory_pointer")
 
-    def distances(self, h):
-        """Squared distances from each row of ``h`` (cells × width, float32) to every remembered latent, with
-        :data:`_FAR` for the empty rows. Pass ``stop_gradient(h)`` unless the gradient should reach ``h``."""
+    def look_up(self, h, z) -> dict:
+        """What :meth:`same_batch_mean` and :meth:`batch_share` read about the cells ``h`` (cells × width,
+        float32; pass ``stop_gradient(h)``) of batches ``z`` (one-hot rows): ``"d2"``, the squared distances to
+        every remembered latent (:data:`_FAR` for the empty rows), and ``"same"``, whether each remembered
+        latent is of the cell's batch (1.0 or 0.0)."""
         mem = ops.convert_to_tensor(self.latents)
         sq = ops.sum(ops.square(h), axis=1, keepdims=True)
         d2 = ops.maximum(sq + ops.sum(ops.square(mem), axis=1)[None, :] - 2.0 * ops.matmul(h, ops.transpose(mem)),
                          0.0)
         filled = ops.sum(ops.abs(ops.convert_to_tensor(self.batches)), axis=1)[None, :] > 0
-        return ops.where(filled, d2, _FAR)
+        same = ops.matmul(ops.cast(z, "float32"), ops.transpose(ops.convert_to_tensor(self.batches)))
+        return {"d2": ops.where(filled, d2, _FAR), "same": same}
 
-    def same_batch_mean(self, h, z, d2, m: int):
-        """The mean of each cell's latent ``h`` and its ``m`` nearest remembered latents of its own batch ``z``
-        (one-hot rows); ``d2``: :meth:`distances` of ``h``. Fewer when fewer are remembered; the gradient
-        reaches ``h`` only."""
-        same = ops.matmul(z, ops.transpose(ops.convert_to_tensor(self.batches)))
-        neg, idx = tf.math.top_k(-ops.stop_gradient(ops.where(same > 0, d2, _FAR)), k=m)
+    def same_batch_mean(self, h, near: dict, m: int):
+        """The mean of each cell's latent ``h`` and its ``m`` nearest remembered latents of its own batch
+        (``near``: :meth:`look_up` of ``h``). Fewer when fewer are remembered; the gradient reaches ``h``
+        only."""
+        neg, idx = tf.math.top_k(-ops.stop_gradient(ops.where(near["same"] > 0, near["d2"], _FAR)), k=m)
         valid = ops.cast(neg > -_FAR / 10, "float32")
         summed = ops.sum(tf.gather(ops.convert_to_tensor(self.latents), idx) * valid[:, :, None], axis=1)
         return (h + summed) / (1.0 + ops.sum(valid, axis=1, keepdims=True))
 
-    def composition(self, d2, k: int):
-        """The batch make-up (rows summing to 1) of each cell's ``k`` nearest remembered latents of any batch;
-        ``d2``: :meth:`distances`. Uniform over the batches until ``k`` latents are remembered. No gradient."""
-        neg, idx = tf.math.top_k(-ops.stop_gradient(d2), k=k)
+    def batch_share(self, near: dict, k: int):
+        """The share of each cell's own batch among its ``k`` nearest remembered latents of any batch (``near``:
+        :meth:`look_up`); ``1 / n_batches`` until ``k`` latents are remembered. No gradient."""
+        neg, idx = tf.math.top_k(-ops.stop_gradient(near["d2"]), k=k)
         valid = ops.cast(neg > -_FAR / 10, "float32")
-        counts = ops.sum(tf.gather(ops.convert_to_tensor(self.batches), idx) * valid[:, :, None], axis=1)
-        n_valid = ops.sum(valid, axis=1, keepdims=True)
+        counts = ops.sum(tf.gather(near["same"], idx, batch_dims=1) * valid, axis=1)
+        n_valid = ops.sum(valid, axis=1)
         uniform = ops.ones_like(counts) / float(self.batches.shape[1])
         return ops.stop_gradient(ops.where(n_valid >= float(k), counts / ops.maximum(n_valid, 1.0), uniform))
 

@@ -626,15 +626,18 @@ class FixedEffectsAE(AutoEncoder):
     def _generator(self, z, z_pred):
         return _confusion(z_pred) if self.generator_loss == "confusion" else -_cce(z, z_pred)
 
-    def loss_terms(self, inputs, training, acts=None, near=None):
+    def loss_terms(self, inputs, training, acts=None, near=None, view=None):
         """The loss terms of a minibatch; ``acts``: the encoder's activations of ``inputs[0]`` if already run;
-        ``near``: the memory's distances of their latents (:meth:`LatentMemory.distances`) if already computed."""
+        ``near``: the memory's look-up of their latents (:meth:`LatentMemory.look_up`) and ``view``: what the
+        adversary reads (:meth:`_adversary_view`), if already computed."""
         x, z = inputs[0], inputs[1]
         acts = self.encoder(x, training=training) if acts is None else acts
         if self.uses_memory and near is None:
-            near = self.memory.distances(ops.stop_gradient(_f32(acts[-1])))
+            near = self.memory.look_up(ops.stop_gradient(_f32(acts[-1])), z)
         recon = _mse(x, self.decode(acts[-1], z, training))
-        z_pred = self.adversary(self._adversary_view(self._adversary_features(acts), z, near), training=False)
+        if view is None:
+            view = self._adversary_view(self._adversary_features(acts), near)
+        z_pred = self.adversary(view, training=False)
         out = {"recon_loss": recon, "adv_loss": _cce(z, z_pred), "adv_acc": _accuracy(z, z_pred)}
         total = self.w_recon * recon + self.w_gen * self._generator(z, z_pred)
         if self.has_random_effects:
@@ -662,19 +665,19 @@ class FixedEffectsAE(AutoEncoder):
         out["loss"] = total
         return out
 
-    def _adversary_view(self, features, z, near):
+    def _adversary_view(self, features, near):
         """What the adversary reads: ``features``, or with ``adversary_set`` their set-level mean
         (:meth:`LatentMemory.same_batch_mean`)."""
         if self.adversary_set <= 0:
             return features
-        return self.memory.same_batch_mean(_f32(features), _f32(z), near, self.adversary_set)
+        return self.memory.same_batch_mean(_f32(features), near, self.adversary_set)
 
     def _mixing(self, latent, z, near):
         """The mixing term: the soft same-batch fraction, or with ``mix_reach`` its excess over each cell's
         neighbourhood's share of the cell's batch."""
         if self.mix_reach <= 0:
             return _soft_same_batch_fraction(latent, z, self.mix_neighbours)
-        local_share = ops.sum(self.memory.composition(near, self.mix_reach_neighbours) * _f32(z), axis=1)
+        local_share = self.memory.batch_share(near, self.mix_reach_neighbours)
         return ops.mean(ops.relu(_soft_same_batch_fractions(latent, z, self.mix_neighbours) - local_share))
 
     def _cycle(self, x, latent, z):
@@ -746,15 +749,15 @@ class FixedEffectsAE(AutoEncoder):
         if self.adversary_pass == "separate":
             self.adversary_step(inputs[0], inputs[1])
         with tf.GradientTape() as tape:
-            near = None
+            near = view = None
             if self.adversary_pass == "shared":
                 acts = self.encoder(inputs[0], training=True)
                 if self.uses_memory:
-                    near = self.memory.distances(ops.stop_gradient(_f32(acts[-1])))
-                with tape.stop_recording():
-                    self.adversary_step(inputs[0], inputs[1], features=self._adversary_view(
-                        self._adversary_features(acts), inputs[1], near))
-            out = self.loss_terms(inputs, True, acts=acts, near=near)
+                    near = self.memory.look_up(ops.stop_gradient(_f32(acts[-1])), inputs[1])
+                view = self._adversary_view(self._adversary_features(acts), near)   # once: the adversary's
+                with tape.stop_recording():                                        # updates and the AE's loss
+                    self.adversary_step(inputs[0], inputs[1], features=view)
+            out = self.loss_terms(inputs, True, acts=acts, near=near, view=view)
             scaled = out["loss"] * self.grad_scale
         self.optimizer.apply_gradients(zip(tape.gradient(scaled, weights), weights))
         if self.uses_memory:

@@ -17,9 +17,9 @@ ONE_HOT = np.eye(3, dtype="float32")
 
 def test_memory_overwrites_its_oldest_rows_and_never_picks_an_empty_one():
     memory = LatentMemory(size=3, width=1, n_batches=3)
-    near = memory.distances(np.zeros((1, 1), "float32"))
-    assert np.all(np.asarray(near) >= 1e8)                         # nothing remembered yet
-    np.testing.assert_allclose(memory.composition(near, k=2), [[1 / 3] * 3], rtol=1e-6)
+    near = memory.look_up(np.zeros((1, 1), "float32"), ONE_HOT[[0]])
+    assert np.all(np.asarray(near["d2"]) >= 1e8)                   # nothing remembered yet
+    np.testing.assert_allclose(memory.batch_share(near, k=2), [1 / 3], rtol=1e-6)
     memory.remember(np.array([[1.0], [2.0]], "float32"), ONE_HOT[[0, 1]])
     memory.remember(np.array([[3.0], [4.0]], "float32"), ONE_HOT[[2, 0]])      # 4 rows into 3: the first goes
     assert sorted(np.asarray(memory.latents)[:, 0].tolist()) == [2.0, 3.0, 4.0]
@@ -30,10 +30,11 @@ def test_memory_set_mean_reads_only_the_cells_own_batch_and_make_up_any_batch():
     memory = LatentMemory(size=8, width=1, n_batches=3)
     memory.remember(np.array([[0.1], [0.2], [0.3], [9.0]], "float32"), ONE_HOT[[1, 1, 2, 0]])
     h, z = np.array([[0.0], [0.0]], "float32"), ONE_HOT[[0, 1]]
-    near = memory.distances(h)
+    near = memory.look_up(h, z)
     # batch 0's one remembered latent is far (9.0), but it is the only one of its batch: (0 + 9) / 2
-    np.testing.assert_allclose(np.asarray(memory.same_batch_mean(h, z, near, m=2))[:, 0], [4.5, 0.1], rtol=1e-6)
-    np.testing.assert_allclose(memory.composition(near, k=3), [[0, 2 / 3, 1 / 3]] * 2, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(memory.same_batch_mean(h, near, m=2))[:, 0], [4.5, 0.1], rtol=1e-6)
+    # the 3 nearest of either cell: two of batch 1, one of batch 2; none of batch 0
+    np.testing.assert_allclose(memory.batch_share(near, k=3), [0, 2 / 3], rtol=1e-6)
 
 
 def test_fe_designs_that_cannot_work_together_are_refused_with_the_fix(synth):

@@ -29,6 +29,8 @@ cell-type ASW, the batch variance share overall and within cell types) and, when
     .venv/bin/python benchmarks/integration.py --quick          # a check: 3,000 cells, 3 epochs, -> outputs/
     .venv/bin/python benchmarks/integration.py --methods fe fe_paper --merge    # rerun two, keep the others
     .venv/bin/python benchmarks/integration.py --data my.h5ad --batch-key donor --labels-key cell_type
+    .venv/bin/python benchmarks/integration.py --methods fe_mixing --overrides '{"fe_design": {"adversary_set": 0}}' \
+        --out /tmp/no_set                          # a network method with some of its settings changed
 """
 
 from __future__ import annotations
@@ -129,7 +131,9 @@ FE_DESIGNS = {"fe_avg": {"weight_average": 0.99}, "fe_avg_keep": {"weight_averag
               "fe_separate": {"adversary_pass": "separate"}, "fe_nowarmup": {"mix_warmup": 0.0}}
 
 
-def _run_network(adata, key, spec, epochs, seed):
+def _run_network(adata, key, spec, epochs, seed, overrides=None):
+    """One scMEDAL network; ``overrides`` (``--overrides``): settings on top of the method's own (their ``fe`` and
+    ``fe_design`` entries update the method's, the others are passed as they are)."""
     import scmedal_lite as sm
 
     kind = "fe" if key.startswith("fe") else key
@@ -141,9 +145,11 @@ def _run_network(adata, key, spec, epochs, seed):
         epochs = default.epochs_for(int(default.train_mask.sum()), default.config["schedule"]["batch_size"])
         note = f"max_epochs={epochs}: the default schedule's length"
     start = _begin()
-    fe = FE_SETTINGS.get(key)                                      # the opt-in terms, when the key names them
+    overrides = dict(overrides or {})
+    fe = {**FE_SETTINGS.get(key, {}), **overrides.pop("fe", {})} or None    # the opt-in terms the key names
+    fe_design = {**FE_DESIGNS.get(key, {}), **overrides.pop("fe_design", {})} or None
     model = sm.SCMEDAL(adata, spec["batch_key"], spec["labels_key"], preset=preset, seed=seed, fe=fe,
-                       fe_design=FE_DESIGNS.get(key))
+                       fe_design=fe_design, **overrides)
     model.train(max_epochs=epochs, which=(kind,), progress=False)
     emb = model.get_latent(kind)
     trained = model.trained[kind]
@@ -181,7 +187,8 @@ def worker(args) -> None:
     adata = sm.read_h5ad(args.prepared)
     spec = json.loads(args.spec)
     if METHODS[args.worker][1] == "network":
-        emb, start, info = _run_network(adata, args.worker, spec, args.epochs, args.seed)
+        emb, start, info = _run_network(adata, args.worker, spec, args.epochs, args.seed,
+                                        json.loads(args.overrides) if args.overrides else None)
     else:
         emb, start, info = _run_baseline(adata, args.worker, spec, args.seed)
     seconds = time.perf_counter() - start["t0"]
@@ -235,6 +242,8 @@ def run_method(key: str, prepared: str, spec: dict, args, work: str, log) -> dic
            "--worker-out", out, "--spec", json.dumps(spec), "--seed", str(args.seed)]
     if args.quick and METHODS[key][1] == "network":
         cmd += ["--epochs", str(QUICK_EPOCHS)]
+    if args.overrides and METHODS[key][1] == "network":
+        cmd += ["--overrides", args.overrides]
     tic = time.perf_counter()
     with open(out + ".log", "w") as logfile:
         proc = subprocess.run(cmd, stdout=logfile, stderr=subprocess.STDOUT, cwd=ROOT)
@@ -441,6 +450,9 @@ def parse_args(argv=None):
                     help="the code version recorded in the tables (default: git's, with -dirty for local changes)")
     ap.add_argument("--merge", action="store_true",
                     help="keep the rows of methods and data sets not run now from the existing csv")
+    ap.add_argument("--overrides", default=None,
+                    help="JSON of settings for the scMEDAL networks, on top of each method's own: keys fe, "
+                         "fe_design, fec, re, re_design, schedule, e.g. '{\"fe_design\": {\"adversary_set\": 0}}'")
     ap.add_argument("--worker", choices=list(METHODS), help=argparse.SUPPRESS)
     ap.add_argument("--prepared", help=argparse.SUPPRESS)
     ap.add_argument("--worker-out", help=argparse.SUPPRESS)
@@ -449,6 +461,16 @@ def parse_args(argv=None):
     args = ap.parse_args(argv)
     if args.data and not (args.batch_key and args.labels_key):
         ap.error("--data needs --batch-key and --labels-key")
+    if args.overrides is not None:
+        allowed = {"fe", "fe_design", "fec", "re", "re_design", "schedule"}
+        try:
+            overrides = json.loads(args.overrides)
+        except json.JSONDecodeError as err:
+            ap.error(f"--overrides is not valid JSON ({err}); e.g. '{{\"fe\": {{\"w_cycle\": 0}}}}'")
+        if not isinstance(overrides, dict) or not set(overrides) <= allowed or not all(
+                isinstance(v, dict) for v in overrides.values()):
+            ap.error(f"--overrides must be a JSON object whose keys are some of {sorted(allowed)}, each "
+                     f"holding an object of settings; got {args.overrides!r}")
     return args
 
 

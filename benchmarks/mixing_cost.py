@@ -2,9 +2,9 @@
 cells, 63 samples; memory of 16,384 latents) and the pancreas atlas (2,620 training cells, 20 donors).
 
 Each run trains FE alone for ``--epochs`` epochs (no early stopping) in a fresh process; the presets alternate
-(default, mixing, default, mixing, ...) for ``--rounds`` rounds so that their ratio shares the machine's load.
-Reported: the median seconds per epoch over epochs 2..``--epochs`` of each run (the first traces the steps),
-the median over rounds, and the ratio mixing / default. The preset also trains more epochs (its whole budget;
+(``fresh_process.alternate``) for ``--rounds`` rounds so that their ratio shares the machine's load. Reported:
+the median seconds per epoch over epochs 2..``--epochs`` of each run (the first traces the steps), the median
+over rounds, and the ratio mixing / default. The preset also trains more epochs (its whole budget;
 book/method.md, "The mixing preset"), which this per-epoch figure leaves out.
 
     .venv/bin/python benchmarks/mixing_cost.py [--rounds 2] [--epochs 6] [--out benchmarks/results/mixing_cost]
@@ -13,25 +13,25 @@ book/method.md, "The mixing preset"), which this per-epoch figure leaves out.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
+import statistics
 import subprocess
 import sys
 import time
 
-import numpy as np
+from fresh_process import alternate, machine, report, write
+from integration import DATASETS
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-DATASETS = {"covid": ("sample_id", "celltype_coarse"), "pancreas": ("donor_id", "cell_type")}
 PRESETS = ("default", "mixing")
+DATA = ("covid", "pancreas")
 
 
-def one_run(dataset: str, preset: str, epochs: int) -> dict:
+def epoch_seconds(dataset: str, preset: str, epochs: int) -> dict:
     """FE of ``preset`` on ``dataset`` for ``epochs`` epochs in this process: seconds of each epoch."""
     import scmedal_lite as sm
 
-    batch_key, labels_key = DATASETS[dataset]
+    batch_key, labels_key = DATASETS[dataset]["batch_key"], DATASETS[dataset]["labels_key"]
     adata = sm.datasets.covid_pbmc() if dataset == "covid" else sm.datasets.pancreas()
     sm.pp.prepare(adata, batch_key=batch_key)
     sm.pp.split_cells(adata, batch_key=batch_key, labels_key=labels_key, fold=0)
@@ -51,45 +51,32 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--epochs", type=int, default=6)
-    ap.add_argument("--datasets", nargs="+", choices=list(DATASETS), default=list(DATASETS))
+    ap.add_argument("--datasets", nargs="+", choices=DATA, default=list(DATA))
     ap.add_argument("--out", default=os.path.join(HERE, "results", "mixing_cost"))
-    ap.add_argument("--one", nargs=2, metavar=("DATASET", "PRESET"), help=argparse.SUPPRESS)
+    ap.add_argument("--worker", choices=PRESETS, help=argparse.SUPPRESS)
+    ap.add_argument("--dataset", choices=DATA, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.one:
-        print("RESULT " + json.dumps(one_run(args.one[0], args.one[1], args.epochs)))
+    if args.worker:
+        report(epoch_seconds(args.dataset, args.worker, args.epochs))
         return
-    from scmedal_lite.io import write_json, write_text
-
-    runs = []
-    for dataset in args.datasets:
-        for r in range(args.rounds):
-            for preset in PRESETS:
-                out = subprocess.run([sys.executable, __file__, "--one", dataset, preset, "--epochs",
-                                      str(args.epochs)], capture_output=True, text=True, check=True).stdout
-                result = json.loads(out.split("RESULT ", 1)[1])
-                median = float(np.median(result["epoch_seconds"][1:]))
-                runs.append({"dataset": dataset, "round": r, "preset": preset, "median_epoch_s": median,
-                             "first_epoch_s": result["epoch_seconds"][0], **result})
-                print(f"{dataset} round {r} {preset}: {median:.2f} s per epoch", flush=True)
-    summary = {}
-    for dataset in args.datasets:
-        med = {p: float(np.median([x["median_epoch_s"] for x in runs if x["dataset"] == dataset
-                                   and x["preset"] == p])) for p in PRESETS}
-        summary[dataset] = {**{f"{p}_epoch_s": round(v, 3) for p, v in med.items()},
-                            "ratio_mixing_to_default": round(med["mixing"] / med["default"], 2)}
+    load = {"start": [round(x, 2) for x in os.getloadavg()]}
+    runs = {d: alternate(__file__, PRESETS, args.rounds, ["--dataset", d, "--epochs", args.epochs])
+            for d in args.datasets}
+    load["end"] = [round(x, 2) for x in os.getloadavg()]
+    median = {d: {p: statistics.median(statistics.median(r["epoch_seconds"][1:]) for r in runs[d][p])
+                  for p in PRESETS} for d in args.datasets}
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True,
                             text=True).stdout.strip()
-    meta = {"command": "python benchmarks/mixing_cost.py " + " ".join(sys.argv[1:]), "commit": commit,
-            "cpus": os.cpu_count(), "machine": platform.machine(), "epochs": args.epochs, "rounds": args.rounds}
-    write_json(args.out + ".json", {"meta": meta, "summary": summary, "runs": runs}, indent=1)
-    lines = ["# FE seconds per epoch: the mixing preset against the default", "",
-             f"`{meta['command']}` at {meta['commit']} ({meta['cpus']} CPUs, {meta['machine']}); median of "
-             f"epochs 2..{args.epochs}, median over {args.rounds} rounds of fresh processes, alternating.", "",
-             "| data | default s/epoch | mixing s/epoch | mixing / default |", "|---|---|---|---|"]
-    lines += [f"| {d} | {s['default_epoch_s']} | {s['mixing_epoch_s']} | {s['ratio_mixing_to_default']} |"
-              for d, s in summary.items()]
-    write_text(args.out + ".md", "\n".join(lines) + "\n")
-    print(json.dumps(summary))
+    command = "python benchmarks/mixing_cost.py " + " ".join(sys.argv[1:])
+    rows = [[d, round(m["default"], 3), round(m["mixing"], 3), round(m["mixing"] / m["default"], 2)]
+            for d, m in median.items()]
+    write(args.out, {"command": command, "commit": commit, "machine": machine(load), "epochs": args.epochs,
+                     "rounds": args.rounds, "median_epoch_s": median, "runs": runs},
+          "FE seconds per epoch: the mixing preset against the default",
+          f"`{command}` at {commit} ({os.cpu_count()} CPUs); median of epochs 2..{args.epochs}, median over "
+          f"{args.rounds} rounds of fresh processes, the presets alternating.",
+          ["data", "default s/epoch", "mixing s/epoch", "mixing / default"], rows,
+          f"Load average at the start and end: {load['start']}, {load['end']}.")
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ import tensorflow as tf
 
 from .io import atomic_write, write_json, write_npz
 from .rows import to_dense
+from .validate import InputError
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +144,11 @@ class Checkpointer:
             if f"rng_{j}" in saved:
                 var.assign(saved[f"rng_{j}"])
         for j, var in enumerate(self._memory_variables()):
-            if f"memory_{j}" in saved and saved[f"memory_{j}"].shape == tuple(var.shape):
+            if f"memory_{j}" in saved:
+                if saved[f"memory_{j}"].shape != tuple(var.shape):
+                    raise InputError(f"The checkpoint in {self.folder} holds a memory of training latents of "
+                                     f"shape {saved[f'memory_{j}'].shape}, this run's is {tuple(var.shape)}: it "
+                                     f"was written for other training cells. Use a new checkpoint_dir.")
                 var.assign(saved[f"memory_{j}"])
         stopper.best, stopper.best_epoch, stopper.wait = state["best"], state["best_epoch"], state["wait"]
         stopper.counted = state.get("counted", stopper.best)

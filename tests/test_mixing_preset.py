@@ -111,3 +111,7 @@ def test_interrupted_mixing_run_resumes_bitwise_identical(tmp_path):
     np.testing.assert_array_equal(np.asarray(resumed.networks["fe"].memory.latents),
                                   np.asarray(reference.networks["fe"].memory.latents))
     np.testing.assert_array_equal(resumed.get_latent("fe"), reference.get_latent("fe"))
+    other, *_ = planted_batches(n_cells=400, n_batches=4)          # fewer training cells: another memory
+    with pytest.raises(sm.InputError, match="new checkpoint_dir"):
+        sm.SCMEDAL(other, "batch", "celltype", preset="mixing", seed=0, **SMALL).train(
+            max_epochs=6, which=("fe",), progress=False, checkpoint_dir=tmp_path)

@@ -9,7 +9,7 @@ import pytest
 from test_model import SMALL, planted_batches
 
 import scmedal_lite as sm
-from scmedal_lite.latent_memory import LatentMemory
+from scmedal_lite.latent_memory import MAX_COUNTED, LatentMemory, counting_stride, reach_neighbours
 from scmedal_lite.metrics import knn_same_batch_fraction
 
 ONE_HOT = np.eye(3, dtype="float32")
@@ -35,6 +35,27 @@ def test_memory_set_mean_reads_only_the_cells_own_batch_and_make_up_any_batch():
     np.testing.assert_allclose(np.asarray(memory.same_batch_mean(h, near, m=2))[:, 0], [4.5, 0.1], rtol=1e-6)
     # the 3 nearest of either cell: two of batch 1, one of batch 2; none of batch 0
     np.testing.assert_allclose(memory.batch_share(near, k=3), [0, 2 / 3], rtol=1e-6)
+
+
+def test_a_wide_neighbourhood_is_counted_on_every_stride_th_remembered_latent():
+    """Few batches make the mixing term's neighbourhood wide (1.54 x the rows per batch: 8,410 of 16,384 with 3
+    batches); above MAX_COUNTED it is counted on every s-th row, which bounds the search's cost, while every
+    neighbourhood up to MAX_COUNTED (COVID's 63 samples: 400; the pancreas atlas: 202 and 1,009) stays exact."""
+    memory = LatentMemory(size=6, width=1, n_batches=3)
+    # rows 0..5 at distances 0..5 from the cell; batches 0, 1, 0, 2, 1, 1
+    memory.remember(np.arange(6, dtype="float32")[:, None], ONE_HOT[[0, 1, 0, 2, 1, 1]])
+    near = memory.look_up(np.zeros((1, 1), "float32"), ONE_HOT[[0]])
+    np.testing.assert_allclose(memory.batch_share(near, k=4), [2 / 4], rtol=1e-6)       # rows 0-3: 0, 1, 0, 2
+    # stride 2 reads rows 0, 2, 4 (batches 0, 0, 1); k = 4 becomes its 2 nearest there: rows 0 and 2
+    np.testing.assert_allclose(memory.batch_share(near, k=4, stride=2), [1.0], rtol=1e-6)
+    # stride 3 reads rows 0 and 3 (batches 0, 2); round(6 / 3) = 2 nearest
+    np.testing.assert_allclose(memory.batch_share(near, k=6, stride=3), [0.5], rtol=1e-6)
+    for rows, batches in [(16384, 63), (2620, 20), (2620, 4)]:
+        assert counting_stride(reach_neighbours(1.54, rows, batches)) == 1
+    for batches in (1, 2, 3, 8):
+        k = reach_neighbours(1.54, 16384, batches)
+        stride = counting_stride(k)
+        assert stride > 1 and round(k / stride) <= MAX_COUNTED < round(k / (stride - 1))
 
 
 def test_fe_designs_that_cannot_work_together_are_refused_with_the_fix(synth):

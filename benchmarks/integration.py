@@ -320,6 +320,11 @@ def _pair(a, b, digits=3):
     return "" if a is None else _fmt(a, digits) + ("" if b is None else f" ({_fmt(b, digits)})")
 
 
+def read_results(path: str) -> pd.DataFrame:
+    """A results csv as written (``--merge`` keeps its rows); commits stay text (4227e83 is not a number)."""
+    return pd.read_csv(path, dtype={"commit": str})
+
+
 def dataset_table(df: pd.DataFrame) -> pd.DataFrame:
     """One data set's summary: a row per method, resources, the package's scores and scib's aggregates."""
     def get(method, metric, label):
@@ -343,7 +348,7 @@ def dataset_table(df: pd.DataFrame) -> pd.DataFrame:
             "scIB batch": _fmt(get(key, "Batch correction", "Aggregate score")),
             "scIB bio": _fmt(get(key, "Bio conservation", "Aggregate score")),
             "scIB total": _fmt(get(key, "Total", "Aggregate score")),
-            "code": df.loc[df.method == key, "commit"].iloc[0],
+            "code": f"`{df.loc[df.method == key, 'commit'].iloc[0]}`",   # as code: tabulate reads 4227e83 as 4.2e86
         })
     return pd.DataFrame(rows)
 
@@ -517,7 +522,7 @@ def main(argv=None):
     df = pd.concat(frames, ignore_index=True)
     df["commit"] = version
     if args.merge and os.path.exists(out + ".csv"):
-        old = pd.read_csv(out + ".csv")
+        old = read_results(out + ".csv")
         rerun = set(zip(df.dataset, df.method))
         keep = [(d, m) not in rerun for d, m in zip(old.dataset, old.method)]
         df = pd.concat([old[keep], df], ignore_index=True)

@@ -202,6 +202,21 @@ def worker(args) -> None:
 
 # ---------------------------------------------------------------------------------------------- data
 
+def load_builtin(name: str, quick_seed: int | None = None):
+    """A built-in data set (:data:`DATASETS`) prepared (``sm.pp.prepare``) and split (fold 0 of
+    ``sm.pp.split_cells``); with ``quick_seed``, a ``QUICK_CELLS`` subsample drawn with that seed first."""
+    import scmedal_lite as sm
+    from scmedal_lite import tutorial
+
+    batch_key, labels_key = DATASETS[name]["batch_key"], DATASETS[name]["labels_key"]
+    adata = sm.datasets.covid_pbmc() if name == "covid" else sm.datasets.pancreas()  # pancreas, pancreas_studies
+    if quick_seed is not None:
+        adata = tutorial.quick_subsample(adata, batch_key=batch_key, n_cells=QUICK_CELLS, seed=quick_seed)
+    sm.pp.prepare(adata, batch_key=batch_key)
+    sm.pp.split_cells(adata, batch_key=batch_key, labels_key=labels_key, fold=0)
+    return adata
+
+
 def prepare_dataset(name: str, args, work: str) -> tuple[str, dict]:
     """Load, (quick: subsample), prepare and split one data set; add the scaled input; write it for the
     workers. Returns the path and the data set's spec (keys and facts)."""
@@ -210,12 +225,7 @@ def prepare_dataset(name: str, args, work: str) -> tuple[str, dict]:
 
     if name in DATASETS:
         spec = {k: DATASETS[name][k] for k in ("batch_key", "labels_key")}
-        adata = sm.datasets.covid_pbmc() if name == "covid" else sm.datasets.pancreas()  # pancreas, pancreas_studies
-        if args.quick:
-            adata = tutorial.quick_subsample(adata, batch_key=spec["batch_key"], n_cells=QUICK_CELLS,
-                                             seed=args.seed)
-        sm.pp.prepare(adata, batch_key=spec["batch_key"])
-        sm.pp.split_cells(adata, batch_key=spec["batch_key"], labels_key=spec["labels_key"], fold=0)
+        adata = load_builtin(name, quick_seed=args.seed if args.quick else None)
     else:                                   # --data: what `scmedal-lite run` does with a user's file
         spec = {"batch_key": args.batch_key, "labels_key": args.labels_key}
         params = tutorial.Params.parse(data_path=args.data, batch_key=args.batch_key,
@@ -300,7 +310,7 @@ def score(prepared: str, spec: dict, infos: dict, args, log) -> pd.DataFrame:
 
 # ---------------------------------------------------------------------------------------------- report
 
-def _code_version() -> str:
+def code_version() -> str:
     """The commit of this checkout, with ``-dirty`` when the package or the benchmarks have local changes."""
     def git(*a):
         return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True).stdout.strip()
@@ -516,7 +526,7 @@ def main(argv=None):
                      "empty for the methods it ran: `pip install \"scmedal_lite[scib]\"`.")
     out = args.out or (QUICK_OUT if args.quick else DEFAULT_OUT)
     names = [args.name or os.path.splitext(os.path.basename(args.data))[0]] if args.data else args.datasets
-    version = args.commit or _code_version()
+    version = args.commit or code_version()
     with tempfile.TemporaryDirectory(prefix="integration_") as work:
         frames = [run_dataset(name, args, work, log, notes) for name in names]
     df = pd.concat(frames, ignore_index=True)

@@ -15,12 +15,11 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import time
 
 from fresh_process import alternate, machine, report, write
-from integration import DATASETS
+from integration import DATASETS, code_version, load_builtin
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PRESETS = ("default", "mixing")
@@ -31,11 +30,9 @@ def epoch_seconds(dataset: str, preset: str, epochs: int) -> dict:
     """FE of ``preset`` on ``dataset`` for ``epochs`` epochs in this process: seconds of each epoch."""
     import scmedal_lite as sm
 
-    batch_key, labels_key = DATASETS[dataset]["batch_key"], DATASETS[dataset]["labels_key"]
-    adata = sm.datasets.covid_pbmc() if dataset == "covid" else sm.datasets.pancreas()
-    sm.pp.prepare(adata, batch_key=batch_key)
-    sm.pp.split_cells(adata, batch_key=batch_key, labels_key=labels_key, fold=0)
-    model = sm.SCMEDAL(adata, batch_key, labels_key, preset=preset, seed=0)
+    adata = load_builtin(dataset)
+    model = sm.SCMEDAL(adata, DATASETS[dataset]["batch_key"], DATASETS[dataset]["labels_key"], preset=preset,
+                       seed=0)
     seconds, last = [], [time.perf_counter()]
 
     def tick(kind, epoch, logs):
@@ -65,8 +62,7 @@ def main() -> None:
     load["end"] = [round(x, 2) for x in os.getloadavg()]
     median = {d: {p: statistics.median(statistics.median(r["epoch_seconds"][1:]) for r in runs[d][p])
                   for p in PRESETS} for d in args.datasets}
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True,
-                            text=True).stdout.strip()
+    commit = code_version()
     command = "python benchmarks/mixing_cost.py " + " ".join(sys.argv[1:])
     rows = [[d, round(m["default"], 3), round(m["mixing"], 3), round(m["mixing"] / m["default"], 2)]
             for d, m in median.items()]

@@ -108,11 +108,13 @@ class LatentMemory:
         summed = ops.sum(tf.gather(ops.convert_to_tensor(self.latents), idx) * valid[:, :, None], axis=1)
         return (h + summed) / (1.0 + ops.sum(valid, axis=1, keepdims=True))
 
-    def batch_share(self, near: dict, k: int, stride: int = 1):
+    def batch_share(self, near: dict, k: int, stride: int | None = None):
         """The share of each cell's own batch among its ``k`` nearest remembered latents of any batch (``near``:
-        :meth:`look_up`); ``1 / n_batches`` until ``k`` latents are remembered. No gradient. ``stride`` > 1
-        (:func:`counting_stride`) counts the ``round(k / stride)`` nearest among every ``stride``-th row."""
+        :meth:`look_up`); ``1 / n_batches`` until ``k`` latents are remembered. No gradient. ``stride`` (default
+        :func:`counting_stride` of ``k``, 1 up to :data:`MAX_COUNTED`): above 1, the ``round(k / stride)``
+        nearest among every ``stride``-th row are counted."""
         d2, same = near["d2"], near["same"]
+        stride = counting_stride(k) if stride is None else int(stride)
         if stride > 1:
             d2, same, k = d2[:, ::stride], same[:, ::stride], max(1, round(k / stride))
         neg, idx = tf.math.top_k(-ops.stop_gradient(d2), k=k)

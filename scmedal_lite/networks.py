@@ -23,7 +23,7 @@ import numpy as np
 import tensorflow as tf
 from keras import layers, ops
 
-from .latent_memory import LatentMemory, counting_stride, reach_neighbours
+from .latent_memory import LatentMemory, reach_neighbours
 from .layers import ClusterScaleBias, TiedDenseTranspose
 from .optim import FusedAdam
 from .presets import ARCHITECTURE, PAPER_FE_DESIGN, PAPER_RE_DESIGN
@@ -439,8 +439,9 @@ class FixedEffectsAE(AutoEncoder):
       mean over cells of ``max(0, S_i - c_i)``, where ``S_i`` is the cell's soft same-batch fraction in the
       minibatch and ``c_i`` the share of its batch among its :attr:`mix_reach_neighbours` nearest remembered
       latents: ``r`` times the memory's rows per batch (:meth:`size_memory`; the memory holds
-      ``min(training cells, memory_size)`` rows), counted on every :attr:`mix_reach_stride`-th row when that is
-      more than :data:`~scmedal_lite.latent_memory.MAX_COUNTED` (few batches). With ``r > 1`` a
+      ``min(training cells, memory_size)`` rows), counted on every ``s``-th row when that is more than
+      :data:`~scmedal_lite.latent_memory.MAX_COUNTED` (few batches; :meth:`LatentMemory.batch_share`). With
+      ``r > 1`` a
       neighbourhood always reaches beyond a batch of average size, so a batch held apart is pushed to mix; a
       neighbourhood is pushed to hold no more of the cell's batch than the region around it does, not the
       data's overall frequencies. 0 [paper]: ``S`` alone.
@@ -502,7 +503,6 @@ class FixedEffectsAE(AutoEncoder):
                               "decoder": decoder}, {"w_cycle": self.w_cycle})
         self.memory = None                 # a LatentMemory, made by size_memory() when uses_memory
         self.mix_reach_neighbours = 0      # set with the memory (size_memory) when mix_reach > 0
-        self.mix_reach_stride = 1          # likewise: every how many rows the neighbourhood is counted on
         self.lr_decay_steps = 0            # set before compile (SCMEDAL.train) when lr_decay_to < 1
         self.monitor = f"val_{stop_on}"
         self.min_improvement = float(stop_min_improvement)
@@ -555,7 +555,6 @@ class FixedEffectsAE(AutoEncoder):
         self.memory = LatentMemory(int(rows), self.encoder.latent.units, self.n_batches)
         if self.mix_reach > 0:
             self.mix_reach_neighbours = reach_neighbours(self.mix_reach, self.memory.size, self.n_batches)
-            self.mix_reach_stride = counting_stride(self.mix_reach_neighbours)
 
     def build(self, input_shape=None):
         if self.has_random_effects:
@@ -680,7 +679,7 @@ class FixedEffectsAE(AutoEncoder):
         neighbourhood's share of the cell's batch."""
         if self.mix_reach <= 0:
             return _soft_same_batch_fraction(latent, z, self.mix_neighbours)
-        local_share = self.memory.batch_share(near, self.mix_reach_neighbours, self.mix_reach_stride)
+        local_share = self.memory.batch_share(near, self.mix_reach_neighbours)
         return ops.mean(ops.relu(_soft_same_batch_fractions(latent, z, self.mix_neighbours) - local_share))
 
     def _cycle(self, x, latent, z):

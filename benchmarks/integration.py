@@ -40,6 +40,7 @@ import importlib.util
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -414,6 +415,16 @@ def _notes(notes_run: list[str]) -> list[str]:
     ]
 
 
+def command_line(argv: list[str]) -> str:
+    """The command a report names, shell-quoted so that it can be pasted back as it is (a JSON
+    ``--overrides`` included).
+
+    >>> print(command_line(["--seed", "1", "--overrides", '{"fe": {"w_cycle": 0}}']))
+    python benchmarks/integration.py --seed 1 --overrides '{"fe": {"w_cycle": 0}}'
+    """
+    return ("python benchmarks/integration.py " + shlex.join(argv)).strip()
+
+
 def write_report(df: pd.DataFrame, out: str, command: str, notes_run: list[str], quick: bool) -> None:
     from scmedal_lite.io import write_csv, write_text
 
@@ -536,8 +547,7 @@ def main(argv=None):
         rerun = set(zip(df.dataset, df.method))
         keep = [(d, m) not in rerun for d, m in zip(old.dataset, old.method)]
         df = pd.concat([old[keep], df], ignore_index=True)
-    command = "python benchmarks/integration.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    write_report(df, out, command.strip(), notes, args.quick)
+    write_report(df, out, command_line(argv if argv is not None else sys.argv[1:]), notes, args.quick)
     log(f"wrote {out}.md and {out}.csv")
 
 

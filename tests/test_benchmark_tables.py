@@ -26,3 +26,12 @@ def test_a_commit_that_looks_like_a_number_is_written_as_it_is(tmp_path):
     assert "`4227e83`" in markdown and "e+86" not in markdown
     df.to_csv(tmp_path / "old.csv", index=False)
     assert integration.read_results(str(tmp_path / "old.csv")).commit.tolist() == ["4227e83", "21157ae"]
+
+
+def test_the_reported_command_can_be_pasted_back_with_its_json_overrides():
+    """A report wrote `--overrides {"schedule": {"batch_size": 2048}}` unquoted, which a shell splits apart."""
+    import shlex
+
+    argv = ["--datasets", "covid", "--overrides", '{"schedule": {"batch_size": 2048}}']
+    command = _integration().command_line(argv)
+    assert shlex.split(command)[2:] == argv

@@ -154,8 +154,10 @@ def _run_network(adata, key, spec, epochs, seed, overrides=None):
     fe_design = {**FE_DESIGNS.get(key, {}), **overrides.pop("fe_design", {})} or None
     # fec: the FE network with its cell-type head (the training and validation cells' labels; the test cells'
     # are never seen), the package's counterpart of scANVI
+    fec_weights = overrides.pop("fec", None)         # the head's loss weights, fec's own (--overrides)
+    fec = (fec_weights or True) if key == "fec" else False
     model = sm.SCMEDAL(adata, spec["batch_key"], spec["labels_key"], preset=preset, seed=seed, fe=fe,
-                       fe_design=fe_design, fec=key == "fec", **overrides)
+                       fe_design=fe_design, fec=fec, **overrides)
     model.train(max_epochs=epochs, which=(kind,), progress=False)
     emb = model.get_latent(kind)
     trained = model.trained[kind]

@@ -196,7 +196,8 @@ class SCMEDAL:
     scaling
         ``"global"``: the paper's single min–max over the training matrix; ``"gene"``: per-gene min–max.
     fec
-        Add the paper's FEC cell-type head (Dense 2 → softmax) to the FE network.
+        Add the paper's FEC cell-type head (Dense 2 → softmax) to the FE network: ``True`` with the preset's
+        FEC loss weights, or a dict of changes to them, e.g. ``fec={"w_class": 3}`` (the head is then on).
     quirks
         ``"faithful"`` (default) keeps the authors' double SELU in the RE decoder and their inverted
         posterior-scale initialisation; ``"clean"`` fixes both.
@@ -209,7 +210,8 @@ class SCMEDAL:
     seed
         Seed of the validation hold-out and of the networks.
     **overrides
-        Changes to the preset: ``fe``, ``fec``, ``re`` (loss weights), ``schedule``, ``fe_design`` (e.g.
+        Changes to the preset: ``fe``, ``re`` (loss weights; the FEC head's go through ``fec``), ``schedule``,
+        ``fe_design`` (e.g.
         ``{"weight_average": 0.99}``: the FE autoencoder's weights become their moving average at every
         epoch's end; see :class:`~scmedal_lite.networks.FixedEffectsAE`), ``re_design``
         (``{"output_init": "data"}`` starts the RE network's output at the training data's per-gene mean and
@@ -223,7 +225,7 @@ class SCMEDAL:
 
     def __init__(self, adata: anndata.AnnData, batch_key: str, labels_key: str | None = None, *,
                  layer: str | None = None, split_key: str = SPLIT_KEY, preset: str = "default",
-                 scaling: str = "global", fec: bool = False, quirks: str = "faithful", kl: str = "mc",
+                 scaling: str = "global", fec: bool | dict = False, quirks: str = "faithful", kl: str = "mc",
                  precision: str = "float32", seed: int = 0, **overrides):
         check_adata(adata, expect="log", layer=layer)      # warns when the values look like raw counts
         check_choice("scaling", scaling, ("global", "gene"))
@@ -232,6 +234,8 @@ class SCMEDAL:
         check_choice("precision", precision, ("float32", "bfloat16"))
         if labels_key is not None:
             check_obs_key(adata, labels_key, role="labels_key")
+        if isinstance(fec, dict):               # the FEC head's loss weights: the head is on
+            overrides, fec = {**overrides, "fec": fec}, True
         fec = as_bool("fec", fec)
         if fec and labels_key is None:
             raise InputError("fec=True needs labels_key (the cell-type column the FEC head predicts).")
@@ -239,8 +243,8 @@ class SCMEDAL:
         settings = get_preset(preset)
         unknown = set(overrides) - {"fe", "fe_design", "fec", "re", "re_design", "schedule", "hidden", "latent_dim"}
         if unknown:
-            raise InputError(f"Unknown settings {sorted(unknown)}; valid: fe, fe_design, fec, re, re_design, "
-                             "schedule, hidden, latent_dim.")
+            raise InputError(f"Unknown settings {sorted(unknown)}; valid: fe, fe_design, re, re_design, "
+                             "schedule, hidden, latent_dim (the FEC head's loss weights: fec={...}).")
         for part in ("fe", "fec", "re", "schedule"):
             settings[part].update(parse_settings(part, overrides.get(part), settings[part]))
         chosen = overrides.get("schedule") or {}

@@ -383,6 +383,18 @@ def test_fec_head_and_paper_presets(synth):
         sm.SCMEDAL(synth, "batch", preset="XYZ")
 
 
+def test_the_fec_heads_loss_weights_can_be_changed_through_fec(synth):
+    """The FEC weights were documented as an override but the keyword ``fec`` is the head's switch, so
+    ``fec={"w_class": 3}`` failed with "fec must be true or false"."""
+    m = sm.SCMEDAL(synth, "batch", "celltype", fec={"w_class": 3}, **SMALL)
+    assert m.config["fec_head"] and m.config["fec"]["w_class"] == 3.0
+    assert m.config["fec"]["w_recon"] == sm.presets.get_preset("default")["fec"]["w_recon"]
+    with pytest.raises(sm.InputError, match="w_clas"):
+        sm.SCMEDAL(synth, "batch", "celltype", fec={"w_clas": 3}, **SMALL)
+    with pytest.raises(sm.InputError, match="labels_key"):
+        sm.SCMEDAL(synth, "batch", fec={"w_class": 3}, **SMALL)
+
+
 def test_random_effects_table(trained):
     table = trained.random_effects()
     assert set(table["batch"]) == set(trained.batch_categories)

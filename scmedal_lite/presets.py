@@ -41,7 +41,7 @@ RE_DESIGN_CHOICES = {"output_init": ("paper", "data")}
 #: "What the default changes", for how it was chosen.
 W_MIX = 100.0
 #: The default weight of the FEC cell-type head's cross-entropy (1 in the paper's presets): see book/method.md,
-#: "The cell-type head's weight".
+#: "scVI and scANVI on the same cells, and the cell-type head's weight".
 FEC_W_CLASS = 100.0
 
 _PAPER_SCHEDULE = {"learning_rate": 1e-4, "batch_size": 512, "max_epochs": 500, "max_steps": None,
@@ -83,9 +83,9 @@ PRESETS: dict[str, dict] = {
                       # the memory-based designs and the learning rate's decay: off (the "mixing" preset's).
                       "adversary_set": 0, "memory_size": 16384, "mix_reach": 0.0, "lr_decay_to": 1.0,
                       "stop_from": "start"},
-        # w_class: the cell-type head's weight, 100 against the paper's 1 (book/method.md, "The cell-type head's
-        # weight"): at 1 the head's term is a few per cent of the loss and the labels lowered the scIB total
-        # on the pancreas atlas; 100 lifted it on COVID and on the atlas with either batching (stop 56).
+        # w_class: the cell-type head's weight, 100 against the paper's 1 (FEC_W_CLASS): at 1 the head's term is
+        # a few per cent of the loss and the labels lowered the scIB total on the pancreas atlas; 100 lifted it
+        # on COVID and on the atlas with either batching (stop 56).
         "fec": {"w_recon": 2000.0, "w_gen": 1.0, "w_class": FEC_W_CLASS, "w_mix": W_MIX, "w_keep": 0.0,
                 "w_center": 0.0, "w_cycle": 0.0},
         "re": {"w_recon": 110.0, "w_clus": 0.1},

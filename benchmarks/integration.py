@@ -152,10 +152,12 @@ def _run_network(adata, key, spec, epochs, seed, overrides=None):
     overrides = dict(overrides or {})
     fe = {**FE_SETTINGS.get(key, {}), **overrides.pop("fe", {})} or None    # the opt-in terms the key names
     fe_design = {**FE_DESIGNS.get(key, {}), **overrides.pop("fe_design", {})} or None
-    # fec: the FE network with its cell-type head (the training and validation cells' labels; the test cells'
-    # are never seen), the package's counterpart of scANVI
-    fec_weights = overrides.pop("fec", None)         # the head's loss weights, fec's own (--overrides)
-    fec = (fec_weights or True) if key == "fec" else False
+    # fec: the FE network with its cell-type head, the package's counterpart of scANVI; --overrides' "fec" entry
+    # changes the head's loss weights (SCMEDAL's fec={...}) and means nothing to the other methods
+    if "fec" in overrides and key != "fec":
+        raise ValueError(f"--overrides names 'fec' (the cell-type head's weights); only the fec method has one, "
+                         f"not {key}.")
+    fec = overrides.pop("fec", True) if key == "fec" else False
     model = sm.SCMEDAL(adata, spec["batch_key"], spec["labels_key"], preset=preset, seed=seed, fe=fe,
                        fe_design=fe_design, fec=fec, **overrides)
     model.train(max_epochs=epochs, which=(kind,), progress=False)

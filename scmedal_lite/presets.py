@@ -83,9 +83,7 @@ PRESETS: dict[str, dict] = {
                       # the memory-based designs and the learning rate's decay: off (the "mixing" preset's).
                       "adversary_set": 0, "memory_size": 16384, "mix_reach": 0.0, "lr_decay_to": 1.0,
                       "stop_from": "start"},
-        # w_class: the cell-type head's weight, 100 against the paper's 1 (FEC_W_CLASS): at 1 the head's term is
-        # a few per cent of the loss and the labels lowered the scIB total on the pancreas atlas; 100 lifted it
-        # on COVID and on the atlas with either batching (stop 56).
+        # w_class: the cell-type head's weight, FEC_W_CLASS (100; the paper's 1 left the labels little say).
         "fec": {"w_recon": 2000.0, "w_gen": 1.0, "w_class": FEC_W_CLASS, "w_mix": W_MIX, "w_keep": 0.0,
                 "w_center": 0.0, "w_cycle": 0.0},
         "re": {"w_recon": 110.0, "w_clus": 0.1},

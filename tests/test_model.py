@@ -395,11 +395,10 @@ def test_the_fec_heads_loss_weights_can_be_changed_through_fec(synth):
         sm.SCMEDAL(synth, "batch", fec={"w_class": 3}, **SMALL)
 
 
-
 def test_the_default_fec_head_weighs_the_labels_and_the_paper_keeps_its_weight(synth):
     """Stop 56: at the paper's w_class = 1 the labels lowered the FEC latent's scIB total on the pancreas atlas;
-    the default's head weighs them 100 (book/method.md, "scVI and
-    scANVI on the same cells, and the cell-type head's weight")."""
+    the default's head weighs them 100 (book/method.md, "scVI and scANVI on the same cells, and the cell-type
+    head's weight")."""
     assert sm.SCMEDAL(synth, "batch", "celltype", fec=True, **SMALL).config["fec"]["w_class"] == 100.0
     assert sm.SCMEDAL(synth, "batch", "celltype", fec=True, preset="paper", **SMALL).config["fec"]["w_class"] == 1.0
 

@@ -9,12 +9,14 @@ its mixing term at full weight from the first step, the default before stop 47 (
 counterfactual-consistency term; book/method.md, "The mixing preset"), FE with its cell-type head (``fec``:
 ``fec=True``, trained with the labels of the training and validation cells, as scANVI is given the training
 cells'; the test cells' labels are never seen), RE,
-AE, PCA, Harmony, Scanorama, and scVI / scANVI when scvi-tools is installed. Data: the COVID PBMC data (batch
+AE, PCA, Harmony, Scanorama, and scVI / scANVI when scvi-tools is installed (and ``scvi_scaled``: scVI fit on
+the networks' input with a Gaussian likelihood, ``BASELINE_VARIANTS``). Data: the COVID PBMC data (batch
 ``sample_id``, labels ``celltype_coarse``), the human pancreas atlas subsample (batch ``donor_id``, labels
 ``cell_type``; ``sm.datasets.pancreas()``), the same pancreas cells with its 4 studies as the batches
 (``pancreas_studies``, batch ``Dataset``), or any ``.h5ad`` (``--data``). Protocol: the package's recipe
 (``sm.pp.prepare``), the cell-level split of fold 0 (``sm.pp.split_cells``), every method fit on the same
-input (the min-max scaled expression the networks see), scores on the test cells.
+input (the min-max scaled expression the networks see; with ``--input pearson``, Pearson residuals of the
+counts in place of the log expression), scVI and scANVI on the raw counts, scores on the test cells.
 
 Each method runs in a fresh Python process, so its wall time and peak memory are its own: wall time is the
 method's own work (set-up, fit, embedding of every cell), without imports and data loading; peak memory is the
@@ -77,9 +79,10 @@ METHODS = {
     "harmony": ("Harmony", "baseline"),
     "scanorama": ("Scanorama", "baseline"),
     "scvi": ("scVI", "baseline"),
+    "scvi_scaled": ("scVI (the networks' input, normal likelihood)", "baseline"),
     "scanvi": ("scANVI", "baseline"),
 }
-NEEDS_SCVI = ("scvi", "scanvi")
+NEEDS_SCVI = ("scvi", "scanvi", "scvi_scaled")
 
 #: Built-in data sets: loader, batch key, labels key, and why these keys (for the report).
 DATASETS = {
@@ -168,17 +171,31 @@ def _run_network(adata, key, spec, epochs, seed, overrides=None):
     return emb, start, info
 
 
+#: Baselines run with options of their own: method key -> (the function in scmedal_lite.baselines, its options).
+#: ``scvi_scaled`` is scVI fit on what the networks see (the min-max scaled log expression) with a Gaussian
+#: likelihood, the counterpart of their squared error: beside ``scvi`` (raw counts, ZINB) it separates what
+#: scVI gains from the counts from what it gains from its model.
+BASELINE_VARIANTS = {"scvi_scaled": ("scvi", {"counts_layer": None, "model_kwargs": {"gene_likelihood": "normal"}})}
+#: The module each baseline imports (loaded before the clock starts, so its wall time is its own work).
+BASELINE_MODULES = {"harmony": "harmonypy", "scanorama": "scanorama", "scvi": "scvi", "scanvi": "scvi",
+                    "scvi_scaled": "scvi"}
+
+
 def _run_baseline(adata, key, spec, seed):
     from scmedal_lite import baselines
     from scmedal_lite.pp import split_masks
 
-    __import__({"harmony": "harmonypy", "scanorama": "scanorama", "scvi": "scvi", "scanvi": "scvi"}.get(
-        key, "sklearn.decomposition"))
+    importlib.import_module(BASELINE_MODULES.get(key, "sklearn.decomposition"))
     x = np.asarray(adata.layers["scaled"])
     train = split_masks(adata)["train"]
     start = _begin()
-    emb = baselines.run_baselines(adata, batch_key=spec["batch_key"], labels_key=spec["labels_key"],
-                                  methods=[key], x=x, train_mask=train, seed=seed)[key]
+    if key in BASELINE_VARIANTS:
+        function, options = BASELINE_VARIANTS[key]
+        emb = getattr(baselines, function)(adata, batch_key=spec["batch_key"], x=x, train_mask=train, seed=seed,
+                                           **options)
+    else:
+        emb = baselines.run_baselines(adata, batch_key=spec["batch_key"], labels_key=spec["labels_key"],
+                                      methods=[key], x=x, train_mask=train, seed=seed)[key]
     return emb, start, {}
 
 
@@ -227,6 +244,27 @@ def load_builtin(name: str, quick_seed: int | None = None):
     return adata
 
 
+#: ``--input pearson``: the clip of the Pearson residuals (scanpy's default, sqrt(cells), lets a few cells set
+#: the global min-max range and squeezes every other value into a sliver of it).
+PEARSON_CLIP = 10.0
+
+
+def pearson_input(adata) -> np.ndarray:
+    """``--input pearson``: analytic Pearson residuals of the raw counts of the same genes (Lause et al. 2021;
+    scanpy's ``normalize_pearson_residuals``, theta 100), clipped to +-PEARSON_CLIP and shifted by it, so they
+    are non-negative as the package's input must be (the networks' min-max scaling and PCA do not see a
+    shift). A Gaussian stand-in for a count likelihood, fit, as the genes are chosen, on every cell."""
+    import anndata
+    import scanpy as sc
+    from scipy import sparse
+
+    counts = adata.layers["counts"]
+    counts = counts.astype(np.float32) if sparse.issparse(counts) else np.asarray(counts, dtype=np.float32)
+    work = anndata.AnnData(X=counts)
+    sc.experimental.pp.normalize_pearson_residuals(work, theta=100, clip=PEARSON_CLIP)
+    return np.asarray(work.X, dtype=np.float32) + np.float32(PEARSON_CLIP)
+
+
 def prepare_dataset(name: str, args, work: str) -> tuple[str, dict]:
     """Load, (quick: subsample), prepare and split one data set; add the scaled input; write it for the
     workers. Returns the path and the data set's spec (keys and facts)."""
@@ -242,6 +280,8 @@ def prepare_dataset(name: str, args, work: str) -> tuple[str, dict]:
                                        labels_key=args.labels_key, condition_key=None, seed=args.seed,
                                        quick=args.quick)
         adata = tutorial.load_data(params)
+    if args.input == "pearson":
+        adata.X = pearson_input(adata)
     model = sm.SCMEDAL(adata, spec["batch_key"], spec["labels_key"], seed=args.seed)
     adata.layers["scaled"] = np.asarray(model.scale(adata), dtype=np.float32)
     split = adata.obs["split"].astype(str)
@@ -422,6 +462,9 @@ def _notes(notes_run: list[str]) -> list[str]:
         "cell types (scANVI those of the training cells, FEC those of the training and validation cells, "
         "whose loss stops it); the test cells' labels, which the bio scores use, are never seen. Every other "
         "method is unsupervised.",
+        "- **scVI (the networks' input, normal likelihood)** (`scvi_scaled`): scVI fit on the min-max scaled "
+        "log expression the networks see, with a Gaussian likelihood (the counterpart of their squared error) "
+        "instead of the counts and their ZINB likelihood: beside scVI, what scVI owes to the counts.",
         "- **code**: the commit the row was computed with (`-dirty`: with local changes); rows of methods "
         "not rerun by the last command (`--merge`) keep their earlier values.",
         *notes_run,
@@ -484,6 +527,9 @@ def parse_args(argv=None):
     ap.add_argument("--scib-cells", type=int, default=None,
                     help="score at most this many test cells with scib-metrics (default: all)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--input", choices=("log", "pearson"), default="log",
+                    help="what every method but scVI / scANVI is fit on: the package's log expression (default), "
+                         "or Pearson residuals of the counts (pearson_input)")
     ap.add_argument("--out", default=None, help=f"output prefix (default {os.path.relpath(DEFAULT_OUT, ROOT)})")
     ap.add_argument("--commit", default=None,
                     help="the code version recorded in the tables (default: git's, with -dirty for local changes)")
@@ -545,6 +591,10 @@ def main(argv=None):
         args.methods = [m for m in args.methods if m not in NEEDS_SCVI]
         notes.append("- scVI and scANVI were skipped: scvi-tools is not installed in the environment of the "
                      "last run (`pip install \"scmedal_lite[scvi]\"`).")
+    if args.input == "pearson":
+        notes.append(f"- **Input** (`--input pearson`): every method but scVI and scANVI was fit on Pearson "
+                     f"residuals of the counts (theta 100, clipped to +-{PEARSON_CLIP:g}; `pearson_input`) of the "
+                     "same genes instead of the log expression; scVI and scANVI fit the counts as always.")
     if importlib.util.find_spec("scib_metrics") is None:
         notes.append("- scib-metrics is not installed in the environment of the last run, so its columns are "
                      "empty for the methods it ran: `pip install \"scmedal_lite[scib]\"`.")

@@ -412,6 +412,12 @@ class FixedEffectsAE(AutoEncoder):
       weight from the first step]. :meth:`scmedal_lite.SCMEDAL.train` turns it into
       :attr:`mix_warmup_steps` (the fraction times the run's epochs times its steps per epoch).
 
+    - ``latent``: ``"point"`` [paper] is a deterministic latent; ``"variational"`` makes it the mean of a
+      Gaussian (its log-variance read from the last hidden layer) and decodes a draw from it while training,
+      adding ``KL(q ‖ N(0, I))`` weighted as in the ELBO of a Gaussian decoder whose variance is the
+      reconstruction's current error: ``w_recon · 2·MSE / genes`` (MSE held constant), so no new weight is
+      chosen. The embedding, the adversary and the mixing term read the mean. Logged as ``latent_kl``.
+
     ``w_mix`` (0 in the paper) adds ``w_mix·S`` to the autoencoder's training loss, where ``S`` is the soft kNN
     same-batch fraction of the minibatch's latents (:func:`_soft_same_batch_fraction`, ``mix_neighbours``
     neighbours): the adversary removes what names a cell's batch, this term what keeps its neighbours in its
@@ -478,6 +484,7 @@ class FixedEffectsAE(AutoEncoder):
     ADVERSARY_PASSES = ("separate", "shared")
     STOP_ON = ("loss", "recon_loss")
     STOP_FROM = ("start", "warmup_end")
+    LATENTS = ("point", "variational")
 
     def __init__(self, n_genes, n_batches, hidden=(512, 132), latent_dim=50, n_labels=None, w_recon=1000.0,
                  w_gen=1.0, w_class=1.0, adversary_hidden=None, *, decoder="tied", adversary_input="all",
@@ -486,7 +493,7 @@ class FixedEffectsAE(AutoEncoder):
                  w_mix=0.0, mix_neighbours=5,
                  w_keep=0.0, w_center=0.0, weight_average=0.0, average_every=None, seed=None, re_kwargs=None,
                  adversary_set=0, memory_size=16384, mix_reach=0.0, lr_decay_to=1.0, stop_from="start",
-                 w_cycle=0.0, **kwargs):
+                 w_cycle=0.0, latent="point", **kwargs):
         super().__init__(n_genes, hidden, latent_dim, n_labels=n_labels, w_recon=w_recon, w_class=w_class,
                          **kwargs)
         check_choice("decoder", decoder, self.DECODERS)
@@ -495,6 +502,7 @@ class FixedEffectsAE(AutoEncoder):
         check_choice("adversary_pass", adversary_pass, self.ADVERSARY_PASSES)
         check_choice("stop_on", stop_on, self.STOP_ON)
         check_choice("stop_from", stop_from, self.STOP_FROM)
+        check_choice("latent", latent, self.LATENTS)
         self.adversary_set, self.memory_size = int(adversary_set), int(memory_size)
         self.mix_reach, self.w_cycle = float(mix_reach), float(w_cycle)
         self.lr_decay_to, self.stop_from = float(lr_decay_to), stop_from
@@ -534,6 +542,11 @@ class FixedEffectsAE(AutoEncoder):
         self.adversary = _mlp_head(adversary_hidden or hidden, n_batches, "relu", "adversary")
         if n_labels:
             self.loss_names = self.loss_names + ("class_loss", "class_acc")
+        self.latent_kind = latent
+        if latent == "variational":
+            self.latent_logvar = layers.Dense(latent_dim, name="latent_logvar")
+            self.latent_noise = keras.random.SeedGenerator(seed)
+            self.loss_names = self.loss_names + ("latent_kl",)
         self._init_trackers()
         self.adv_optimizer = None
 
@@ -565,6 +578,8 @@ class FixedEffectsAE(AutoEncoder):
             self.built = True
         else:
             super().build(input_shape)
+        if self.latent_kind == "variational":
+            self.latent_logvar.build((None, self.encoder.dense[-1].units))
         width = self.encoder.latent.units
         if self.uses_memory and self.memory is None:
             self.size_memory(self.memory_size)
@@ -636,7 +651,10 @@ class FixedEffectsAE(AutoEncoder):
         acts = self.encoder(x, training=training) if acts is None else acts
         if self.uses_memory and near is None:
             near = self.memory.look_up(ops.stop_gradient(_f32(acts[-1])), z)
-        recon = _mse(x, self.decode(acts[-1], z, training))
+        decoded, kl = acts[-1], None
+        if self.latent_kind == "variational":
+            decoded, kl = self._variational(acts, training)
+        recon = _mse(x, self.decode(decoded, z, training))
         if view is None:
             view = self._adversary_view(self._adversary_features(acts), near)
         z_pred = self.adversary(view, training=False)
@@ -645,6 +663,11 @@ class FixedEffectsAE(AutoEncoder):
         if self.has_random_effects:
             out["kl"] = _mean_of(list(self.decoder.losses)) if training else ops.zeros((), "float32")
             total = total + out["kl"]
+        if kl is not None:
+            # the ELBO of a Gaussian decoder whose variance is the reconstruction's error (a calibrated
+            # decoder), rescaled so that its reconstruction part is w_recon * MSE: KL * w_recon * 2 MSE / genes
+            out["latent_kl"] = kl
+            total = total + self.w_recon * 2.0 * ops.stop_gradient(recon) / float(self.n_genes) * kl
         if self.w_mix > 0:
             out["mix_loss"] = (self._mixing(acts[-1], z, near) if training else ops.zeros((), "float32"))
             total = total + self._mix_weight(training) * out["mix_loss"]
@@ -666,6 +689,18 @@ class FixedEffectsAE(AutoEncoder):
             total = total + self.w_class * out["class_loss"]
         out["loss"] = total
         return out
+
+    def _variational(self, acts, training):
+        """``latent="variational"``: the latent is the mean of a Gaussian whose log-variance is read from the
+        last hidden layer. Returns what the decoder reads (a draw while training, the mean otherwise) and the
+        KL divergence from N(0, I), summed over dimensions and averaged over cells."""
+        mean = _f32(acts[-1])
+        logvar = _f32(self.latent_logvar(acts[-2]))
+        kl = ops.mean(0.5 * ops.sum(ops.square(mean) + ops.exp(logvar) - 1.0 - logvar, axis=1))
+        if not training:
+            return acts[-1], kl
+        noise = keras.random.normal(ops.shape(mean), seed=self.latent_noise)
+        return mean + ops.exp(0.5 * logvar) * noise, kl
 
     def _adversary_view(self, features, near):
         """What the adversary reads: ``features``, or with ``adversary_set`` their set-level mean

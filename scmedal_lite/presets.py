@@ -23,10 +23,11 @@ PAPER_FE_DESIGN = {"decoder": "tied", "adversary_input": "all", "generator_loss"
                    "adversary_steps": 1, "adversary_pass": "separate", "stop_on": "loss",
                    "stop_min_improvement": 0.0, "weight_average": 0.0, "mix_warmup": 0.0,
                    "adversary_set": 0, "memory_size": 16384, "mix_reach": 0.0, "lr_decay_to": 1.0,
-                   "stop_from": "start"}
+                   "stop_from": "start", "latent": "point"}
 FE_DESIGN_CHOICES = {"decoder": ("tied", "random_effects"), "adversary_input": ("all", "latent"),
                      "generator_loss": ("negative_ce", "confusion"), "adversary_pass": ("separate", "shared"),
-                     "stop_on": ("loss", "recon_loss"), "stop_from": ("start", "warmup_end")}
+                     "stop_on": ("loss", "recon_loss"), "stop_from": ("start", "warmup_end"),
+                     "latent": ("point", "variational")}
 #: The designs of the ``"mixing"`` preset (book/method.md, "The mixing preset"): the set-level adversary over
 #: a memory of recent training latents, the mixing term measured against each cell's neighbourhood (1.54 times
 #: the latents an average batch holds in the memory: 400 of 16,384 on COVID's 63 samples), the
@@ -82,7 +83,10 @@ PRESETS: dict[str, dict] = {
                       "weight_average": 0.0,
                       # the memory-based designs and the learning rate's decay: off (the "mixing" preset's).
                       "adversary_set": 0, "memory_size": 16384, "mix_reach": 0.0, "lr_decay_to": 1.0,
-                      "stop_from": "start"},
+                      "stop_from": "start",
+                      # "variational" (opt-in): a Gaussian latent with a KL term, weighted as a calibrated
+                      # Gaussian decoder's ELBO weighs it (book/method.md, "A variational FE latent").
+                      "latent": "point"},
         # w_class: the cell-type head's weight, FEC_W_CLASS (100; the paper's 1 left the labels little say).
         "fec": {"w_recon": 2000.0, "w_gen": 1.0, "w_class": FEC_W_CLASS, "w_mix": W_MIX, "w_keep": 0.0,
                 "w_center": 0.0, "w_cycle": 0.0},

@@ -297,6 +297,23 @@ def test_fe_stop_min_improvement_is_the_default_fe_design_and_checked(synth):
             sm.SCMEDAL(synth, "batch", "celltype", fe_design={"stop_min_improvement": bad})
 
 
+def test_a_variational_fe_latent_trains_reloads_and_repeats(synth, tmp_path):
+    """fe_design={"latent": "variational"}: off in every preset; trained, the latent is the posterior mean,
+    so it is the same after a reload and for the same seed; a wrong value is refused by name."""
+    assert all(p["fe_design"].get("latent", "point") == "point" for p in sm.presets.PRESETS.values())
+    runs = []
+    for _ in range(2):
+        model = sm.SCMEDAL(synth, "batch", "celltype", seed=3, fe_design={"latent": "variational"}, **SMALL)
+        model.train(max_epochs=5, which=("fe",), progress=False)
+        runs.append(model.get_latent("fe", synth))
+    assert "latent_kl" in model.history["fe"] and np.isfinite(model.history["fe"]["latent_kl"]).all()
+    np.testing.assert_array_equal(runs[0], runs[1])
+    model.save(str(tmp_path / "vae"))
+    np.testing.assert_array_equal(sm.SCMEDAL.load(str(tmp_path / "vae"), synth).get_latent("fe", synth), runs[0])
+    with pytest.raises(sm.InputError, match="latent"):
+        sm.SCMEDAL(synth, "batch", "celltype", fe_design={"latent": "gaussian"})
+
+
 def test_mix_warmup_is_half_the_budget_by_default_and_checked(synth):
     """The default FE's mixing weight rises over the first half of the run's budget in steps; the paper's presets
     (no mixing term) and ``mix_warmup=0`` apply it from the first step; bad values are refused."""

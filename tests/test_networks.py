@@ -135,6 +135,31 @@ def test_fe_loss_is_recon_minus_adversary(data):
     assert float(out["loss"]) == pytest.approx(7.0 * recon - 2.0 * adv, rel=0, abs=sum_atol(7 * recon, 2 * adv))
 
 
+def test_the_variational_latents_kl_is_weighted_as_a_calibrated_gaussian_decoders_elbo(data):
+    """latent="variational": the KL of N(mean, exp(logvar)) from N(0, I), computed by hand from the layers,
+    joins the loss at w_recon * 2 * MSE / genes; on validation cells the decoder reads the mean (no draw), so
+    the loss is the same twice, while training draws."""
+    x, z = data
+    net = FixedEffectsAE(20, 3, hidden=(16, 8), latent_dim=4, w_recon=7.0, w_gen=2.0, latent="variational", seed=0)
+    net.build()
+    out = net.loss_terms((x, z), False)
+    recon, adv, kl = float(out["recon_loss"]), float(out["adv_loss"]), float(out["latent_kl"])
+    acts = net.encoder(x, training=False)
+    mean, logvar = np.asarray(acts[-1]), np.asarray(net.latent_logvar(acts[-2]))
+    by_hand = np.mean(0.5 * np.sum(mean ** 2 + np.exp(logvar) - 1 - logvar, axis=1))
+    assert kl == pytest.approx(by_hand, rel=1e-5) and kl > 0
+    expected = 7.0 * recon - 2.0 * adv + 7.0 * 2 * recon / 20 * kl
+    bound = sum_atol(7 * recon, 2 * adv, 7 * 2 * recon / 20 * kl, n=3)
+    assert float(out["loss"]) == pytest.approx(expected, rel=0, abs=bound)
+    assert float(net.loss_terms((x, z), False)["loss"]) == float(out["loss"])
+    point = FixedEffectsAE(20, 3, hidden=(16, 8), latent_dim=4, seed=0)
+    point.build()
+    decoded, _ = net._variational(acts, training=True)
+    assert not np.allclose(np.asarray(decoded), mean) and "latent_kl" not in point.loss_names
+    with pytest.raises(ValueError, match="latent"):
+        FixedEffectsAE(20, 3, hidden=(16, 8), latent_dim=4, latent="gaussian")
+
+
 def test_soft_same_batch_fraction_tracks_the_knn_fraction():
     """Known answers: batches apart -> 1, interleaved -> 0, random -> near sum p_b^2; it follows the hard kNN
     fraction it smooths, and minibatches smaller than k+1 cells (an epoch's last) still give a value."""

@@ -85,7 +85,7 @@ PRESETS: dict[str, dict] = {
                       "adversary_set": 0, "memory_size": 16384, "mix_reach": 0.0, "lr_decay_to": 1.0,
                       "stop_from": "start",
                       # "variational" (opt-in): a Gaussian latent with a KL term, weighted as a calibrated
-                      # Gaussian decoder's ELBO weighs it (book/method.md, "A variational FE latent").
+                      # Gaussian decoder's ELBO weighs it (book/method.md, "What scVI owes to the counts").
                       "latent": "point"},
         # w_class: the cell-type head's weight, FEC_W_CLASS (100; the paper's 1 left the labels little say).
         "fec": {"w_recon": 2000.0, "w_gen": 1.0, "w_class": FEC_W_CLASS, "w_mix": W_MIX, "w_keep": 0.0,

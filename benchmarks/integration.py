@@ -256,11 +256,8 @@ def pearson_input(adata) -> np.ndarray:
     shift). A Gaussian stand-in for a count likelihood, fit, as the genes are chosen, on every cell."""
     import anndata
     import scanpy as sc
-    from scipy import sparse
 
-    counts = adata.layers["counts"]
-    counts = counts.astype(np.float32) if sparse.issparse(counts) else np.asarray(counts, dtype=np.float32)
-    work = anndata.AnnData(X=counts)
+    work = anndata.AnnData(X=adata.layers["counts"].astype(np.float32))      # sparse or dense alike
     sc.experimental.pp.normalize_pearson_residuals(work, theta=100, clip=PEARSON_CLIP)
     return np.asarray(work.X, dtype=np.float32) + np.float32(PEARSON_CLIP)
 

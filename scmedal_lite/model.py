@@ -516,6 +516,8 @@ class SCMEDAL:
                 net.average_every = epoch_steps
             if getattr(net, "w_mix", 0) > 0 and net.mix_warmup > 0:     # a share of this run's budget, in steps
                 net.mix_warmup_steps = round(net.mix_warmup * settings.max_epochs * epoch_steps)
+            if getattr(net, "kl_warmup", 0) > 0:                          # the same, for the latent's KL term
+                net.kl_warmup_steps = round(net.kl_warmup * settings.max_epochs * epoch_steps)
             count_from = self._fit_memory_designs(net, settings, epoch_steps)
             net.compile(learning_rate=settings.learning_rate)      # builds its optimisers on its weights
         train = self._inputs(kind, self.adata, self.train_mask)

@@ -417,6 +417,11 @@ class FixedEffectsAE(AutoEncoder):
       adding ``KL(q ‖ N(0, I))`` weighted as in the ELBO of a Gaussian decoder whose variance is the
       reconstruction's current error: ``w_recon · 2·MSE / genes`` (MSE held constant), so no new weight is
       chosen. The embedding, the adversary and the mixing term read the mean. Logged as ``latent_kl``.
+    - ``kl_warmup`` (with ``latent="variational"``): the fraction of the training budget over which the KL
+      term's weight rises linearly from 0 [0: full weight from the first step], as scVI warms its KL term up.
+      At the first steps the reconstruction's error, and with it the calibrated weight, is largest: without
+      the warm-up the posterior collapses to the prior early (book/method.md, "Stop 58").
+      :meth:`scmedal_lite.SCMEDAL.train` turns it into :attr:`kl_warmup_steps`.
 
     ``w_mix`` (0 in the paper) adds ``w_mix·S`` to the autoencoder's training loss, where ``S`` is the soft kNN
     same-batch fraction of the minibatch's latents (:func:`_soft_same_batch_fraction`, ``mix_neighbours``
@@ -493,7 +498,7 @@ class FixedEffectsAE(AutoEncoder):
                  w_mix=0.0, mix_neighbours=5,
                  w_keep=0.0, w_center=0.0, weight_average=0.0, average_every=None, seed=None, re_kwargs=None,
                  adversary_set=0, memory_size=16384, mix_reach=0.0, lr_decay_to=1.0, stop_from="start",
-                 w_cycle=0.0, latent="point", **kwargs):
+                 w_cycle=0.0, latent="point", kl_warmup=0.0, **kwargs):
         super().__init__(n_genes, hidden, latent_dim, n_labels=n_labels, w_recon=w_recon, w_class=w_class,
                          **kwargs)
         check_choice("decoder", decoder, self.DECODERS)
@@ -543,6 +548,11 @@ class FixedEffectsAE(AutoEncoder):
         if n_labels:
             self.loss_names = self.loss_names + ("class_loss", "class_acc")
         self.latent_kind = latent
+        if kl_warmup > 0 and latent != "variational":
+            raise ValueError(f"kl_warmup warms up the variational latent's KL term; it needs "
+                             f"latent='variational', got latent={latent!r}.")
+        self.kl_warmup = float(kl_warmup)
+        self.kl_warmup_steps = 0           # set before training (SCMEDAL.train); 0: the KL's full weight at once
         if latent == "variational":
             self.latent_logvar = layers.Dense(latent_dim, name="latent_logvar")
             self.latent_noise = keras.random.SeedGenerator(seed)
@@ -667,7 +677,8 @@ class FixedEffectsAE(AutoEncoder):
             # the ELBO of a Gaussian decoder whose variance is the reconstruction's error (a calibrated
             # decoder), rescaled so that its reconstruction part is w_recon * MSE: KL * w_recon * 2 MSE / genes
             out["latent_kl"] = kl
-            total = total + self.w_recon * 2.0 * ops.stop_gradient(recon) / float(self.n_genes) * kl
+            weight = self.w_recon * 2.0 * ops.stop_gradient(recon) / float(self.n_genes)
+            total = total + self._ramp(training, self.kl_warmup_steps) * weight * kl
         if self.w_mix > 0:
             out["mix_loss"] = (self._mixing(acts[-1], z, near) if training else ops.zeros((), "float32"))
             total = total + self._mix_weight(training) * out["mix_loss"]
@@ -732,10 +743,14 @@ class FixedEffectsAE(AutoEncoder):
 
     def _mix_weight(self, training):
         """``w_mix``, scaled by ``min(1, steps taken / mix_warmup_steps)`` while training when a warm-up is set."""
-        if not training or self.mix_warmup_steps <= 0:
-            return self.w_mix
+        return self.w_mix * self._ramp(training, self.mix_warmup_steps)
+
+    def _ramp(self, training, steps):
+        """A warm-up's factor: ``min(1, steps taken / steps)`` while training, 1 otherwise or when ``steps`` is 0."""
+        if not training or steps <= 0:
+            return 1.0
         taken = ops.cast(self.optimizer.iterations, "float32")
-        return self.w_mix * ops.minimum(1.0, taken / float(self.mix_warmup_steps))
+        return ops.minimum(1.0, taken / float(steps))
 
     def set_keep_reference(self, mean, components):
         """The space whose within-batch neighbourhoods the ``w_keep`` term preserves: ``(x - mean) @ components``

@@ -23,7 +23,7 @@ PAPER_FE_DESIGN = {"decoder": "tied", "adversary_input": "all", "generator_loss"
                    "adversary_steps": 1, "adversary_pass": "separate", "stop_on": "loss",
                    "stop_min_improvement": 0.0, "weight_average": 0.0, "mix_warmup": 0.0,
                    "adversary_set": 0, "memory_size": 16384, "mix_reach": 0.0, "lr_decay_to": 1.0,
-                   "stop_from": "start", "latent": "point"}
+                   "stop_from": "start", "latent": "point", "kl_warmup": 0.0}
 FE_DESIGN_CHOICES = {"decoder": ("tied", "random_effects"), "adversary_input": ("all", "latent"),
                      "generator_loss": ("negative_ce", "confusion"), "adversary_pass": ("separate", "shared"),
                      "stop_on": ("loss", "recon_loss"), "stop_from": ("start", "warmup_end"),
@@ -86,7 +86,10 @@ PRESETS: dict[str, dict] = {
                       "stop_from": "start",
                       # "variational" (opt-in): a Gaussian latent with a KL term, weighted as a calibrated
                       # Gaussian decoder's ELBO weighs it (book/method.md, "What scVI owes to the counts").
-                      "latent": "point"},
+                      "latent": "point",
+                      # with the variational latent (opt-in): the share of the budget over which its KL term's
+                      # weight rises from 0 (book/method.md, "FE as a conditional VAE"; measured, not adopted).
+                      "kl_warmup": 0.0},
         # w_class: the cell-type head's weight, FEC_W_CLASS (100; the paper's 1 left the labels little say).
         "fec": {"w_recon": 2000.0, "w_gen": 1.0, "w_class": FEC_W_CLASS, "w_mix": W_MIX, "w_keep": 0.0,
                 "w_center": 0.0, "w_cycle": 0.0},

@@ -375,6 +375,8 @@ _FE_DESIGN_FRACTIONS = {
     "mix_warmup": "a fraction of the training budget, e.g. 0.5 for its first half; 0 applies w_mix from the "
                   "first step",
     "weight_average": "a moving average's momentum, e.g. 0.99; 0 turns it off",
+    "kl_warmup": "a fraction of the training budget, e.g. 0.5 for its first half; 0 applies the variational "
+                 "latent's KL term at full weight from the first step",
 }
 #: The FE design settings that take an integer, and their smallest value.
 _FE_DESIGN_INTEGERS = {"adversary_steps": 1, "mix_neighbours": 1, "adversary_set": 0, "memory_size": 1}
@@ -385,7 +387,8 @@ def parse_fe_design(values) -> dict:
     ``adversary_pass``, ``stop_on``, ``stop_from``: one of their choices; ``adversary_steps``, ``mix_neighbours``,
     ``memory_size``: an integer >= 1; ``adversary_set``: an integer >= 0; ``mix_reach``: a number >= 0, 0 for
     off; ``weight_average``: a momentum in [0, 1), 0 for off; ``stop_min_improvement``, ``mix_warmup``: a
-    fraction in [0, 1); ``lr_decay_to``: a fraction in [0, 1]). Values may be strings."""
+    fraction in [0, 1); ``kl_warmup``: the same, for the variational latent's KL term;
+    ``lr_decay_to``: a fraction in [0, 1]). Values may be strings."""
     from .presets import FE_DESIGN_CHOICES
 
     if values is None:
@@ -429,6 +432,9 @@ def check_fe_combination(design: dict, weights: dict) -> None:
         raise InputError("fe_design['adversary_set'] and ['mix_reach'] need fe_design['adversary_pass'] = "
                          "'shared' (the memory is written from the step's one encoder pass); set it, or turn "
                          "them off (0).")
+    if design.get("kl_warmup", 0) > 0 and design.get("latent", "point") != "variational":
+        raise InputError("fe_design['kl_warmup'] warms up the variational latent's KL term: it needs "
+                         "fe_design['latent'] = 'variational'; set it, or kl_warmup = 0.")
     if weights.get("w_cycle", 0) > 0 and design.get("decoder") != "random_effects":
         raise InputError("w_cycle needs fe_design['decoder'] = 'random_effects' (the counterfactual comes from "
                          "its random effects); set it, or w_cycle = 0.")

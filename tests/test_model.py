@@ -312,6 +312,14 @@ def test_a_variational_fe_latent_trains_reloads_and_repeats(synth, tmp_path):
     np.testing.assert_array_equal(sm.SCMEDAL.load(str(tmp_path / "vae"), synth).get_latent("fe", synth), runs[0])
     with pytest.raises(sm.InputError, match="latent"):
         sm.SCMEDAL(synth, "batch", "celltype", fe_design={"latent": "gaussian"})
+    warm = sm.SCMEDAL(synth, "batch", "celltype", seed=3, fe_design={"latent": "variational", "kl_warmup": 0.5},
+                      **SMALL)
+    warm.train(max_epochs=4, which=("fe",), progress=False)
+    steps = sm.training.steps_per_epoch(int(warm.train_mask.sum()), 512)
+    assert warm.networks["fe"].kl_warmup_steps == round(0.5 * 4 * steps) > 0
+    assert not np.array_equal(warm.get_latent("fe", synth), runs[0])
+    with pytest.raises(sm.InputError, match="kl_warmup"):
+        sm.SCMEDAL(synth, "batch", "celltype", fe_design={"kl_warmup": 0.5})
 
 
 def test_mix_warmup_is_half_the_budget_by_default_and_checked(synth):

@@ -160,6 +160,32 @@ def test_the_variational_latents_kl_is_weighted_as_a_calibrated_gaussian_decoder
         FixedEffectsAE(20, 3, hidden=(16, 8), latent_dim=4, latent="gaussian")
 
 
+def test_the_variational_latents_kl_warms_up_with_the_steps_taken(data):
+    """kl_warmup: while training, the KL term's weight is min(1, steps taken / kl_warmup_steps) times the
+    calibrated weight (0 at the first step, half at half the warm-up, full after it); validation cells get the
+    full weight; a warm-up without a variational latent is refused."""
+    x, z = data
+    net = FixedEffectsAE(20, 3, hidden=(16, 8), latent_dim=4, w_recon=7.0, w_gen=2.0, latent="variational",
+                         kl_warmup=0.5, seed=0)
+    net.build()
+    net.compile()
+    net.kl_warmup_steps = 10
+    for taken, share in [(0, 0.0), (5, 0.5), (10, 1.0), (40, 1.0)]:
+        net.optimizer.iterations.assign(taken)
+        out = net.loss_terms((x, z), True)
+        recon, adv, kl = float(out["recon_loss"]), float(out["adv_loss"]), float(out["latent_kl"])
+        expected = 7.0 * recon - 2.0 * adv + share * 7.0 * 2 * recon / 20 * kl
+        bound = sum_atol(7 * recon, 2 * adv, 7 * 2 * recon / 20 * kl, n=3)
+        assert float(out["loss"]) == pytest.approx(expected, rel=0, abs=bound), taken
+    net.optimizer.iterations.assign(0)
+    out = net.loss_terms((x, z), False)
+    recon, adv, kl = float(out["recon_loss"]), float(out["adv_loss"]), float(out["latent_kl"])
+    assert float(out["loss"]) == pytest.approx(7.0 * recon - 2.0 * adv + 7.0 * 2 * recon / 20 * kl, rel=0,
+                                               abs=sum_atol(7 * recon, 2 * adv, 7 * 2 * recon / 20 * kl, n=3))
+    with pytest.raises(ValueError, match="kl_warmup"):
+        FixedEffectsAE(20, 3, hidden=(16, 8), latent_dim=4, kl_warmup=0.5)
+
+
 def test_soft_same_batch_fraction_tracks_the_knn_fraction():
     """Known answers: batches apart -> 1, interleaved -> 0, random -> near sum p_b^2; it follows the hard kNN
     fraction it smooths, and minibatches smaller than k+1 cells (an epoch's last) still give a value."""

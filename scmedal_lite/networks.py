@@ -419,8 +419,9 @@ class FixedEffectsAE(AutoEncoder):
       chosen. The embedding, the adversary and the mixing term read the mean. Logged as ``latent_kl``.
     - ``kl_warmup`` (with ``latent="variational"``): the fraction of the training budget over which the KL
       term's weight rises linearly from 0 [0: full weight from the first step], as scVI warms its KL term up.
-      At the first steps the reconstruction's error, and with it the calibrated weight, is largest: without
-      the warm-up the posterior collapses to the prior early (book/method.md, "Stop 58").
+      At the first steps the reconstruction's error, and with it the calibrated weight, is largest; in stop
+      58's probe the latent kept without a warm-up had collapsed to the prior (book/method.md, "FE as a
+      conditional VAE"). Measured there, the warm-up did not make the latent mix.
       :meth:`scmedal_lite.SCMEDAL.train` turns it into :attr:`kl_warmup_steps`.
 
     ``w_mix`` (0 in the paper) adds ``w_mix·S`` to the autoencoder's training loss, where ``S`` is the soft kNN

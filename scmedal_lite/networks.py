@@ -514,7 +514,7 @@ class FixedEffectsAE(AutoEncoder):
         self.lr_decay_to, self.stop_from = float(lr_decay_to), stop_from
         check_fe_combination({"adversary_set": self.adversary_set, "mix_reach": self.mix_reach,
                               "adversary_input": adversary_input, "adversary_pass": adversary_pass,
-                              "decoder": decoder}, {"w_cycle": self.w_cycle})
+                              "decoder": decoder, "latent": latent, "kl_warmup": kl_warmup}, {"w_cycle": self.w_cycle})
         self.memory = None                 # a LatentMemory, made by size_memory() when uses_memory
         self.mix_reach_neighbours = 0      # set with the memory (size_memory) when mix_reach > 0
         self.lr_decay_steps = 0            # set before compile (SCMEDAL.train) when lr_decay_to < 1
@@ -549,9 +549,6 @@ class FixedEffectsAE(AutoEncoder):
         if n_labels:
             self.loss_names = self.loss_names + ("class_loss", "class_acc")
         self.latent_kind = latent
-        if kl_warmup > 0 and latent != "variational":
-            raise ValueError(f"kl_warmup warms up the variational latent's KL term; it needs "
-                             f"latent='variational', got latent={latent!r}.")
         self.kl_warmup = float(kl_warmup)
         self.kl_warmup_steps = 0           # set before training (SCMEDAL.train); 0: the KL's full weight at once
         if latent == "variational":
